@@ -1,0 +1,239 @@
+# mapscope: the one build entry.  Everything lands under build/.
+#
+#   make            library checks, mapload, mapscope (installs packages if missing)
+#   make test       the default test suite (kernel tests included; run as root)
+#   make test-long  stress, sanitizer soak and fuzzing
+#   make bench      map benchmarks          make bench-quick  the reduced matrix
+#   make demo       a leaking service, and mapscope finding the leak
+#   make deps       install the Debian packages this needs (idempotent)
+#   make install PREFIX=/usr/local   headers + syncmap.pc
+#   V=1             print full commands
+
+.DEFAULT_GOAL := all
+
+BUILD   := build
+PREFIX  ?= /usr/local
+ARCH    := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
+
+CXX      := g++
+CLANG    := clang
+BPFTOOL  ?= $(firstword $(wildcard /usr/sbin/bpftool) bpftool)
+DTRACE   := dtrace
+
+# Packages: what `make deps` installs.  Kept in one list so a fresh machine
+# and CI install the same set.
+DEB_PKGS := build-essential pkg-config clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev \
+            systemtap-sdt-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev \
+            liburcu-dev libcapstone-dev libbpfcc-dev binutils
+
+ifeq ($(V),1)
+Q :=
+msg :=
+else
+Q := @
+msg = @printf '  %-8s %s\n' "$(1)" "$(2)";
+endif
+
+# Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
+PKGS_LIB   := absl_flat_hash_map absl_hash absl_synchronization liburcu-bp
+LIB_CFLAGS  = $(shell pkg-config --cflags $(PKGS_LIB))
+LIB_LIBS    = $(shell pkg-config --libs $(PKGS_LIB)) -lpthread
+GTEST_LIBS  = $(shell pkg-config --libs gtest_main gmock) -lpthread
+
+WARN      := -Wall -Wextra -Werror
+CXXSTD    := -std=c++20
+INCLUDES  := -Iinclude -I$(BUILD)/include
+CXXFLAGS  ?= -O2 -g
+ALL_CXXFLAGS = $(CXXSTD) $(WARN) $(CXXFLAGS) $(INCLUDES) $(LIB_CFLAGS) -MMD -MP
+
+SAN_ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN_TSAN := -fsanitize=thread
+
+# ---------------------------------------------------------------------------
+# Generated headers: the probe provider from probes/syncmap.d, plus the
+# probe headers copied next to it so in-tree and installed layouts match.
+
+GEN_INC   := $(BUILD)/include/syncmap
+PROBE_HDRS := $(GEN_INC)/syncmap_provider.h $(GEN_INC)/syncmap_probes.h $(GEN_INC)/syncmap_abi.h
+
+# dtrace -h declares the semaphores `extern` for a `dtrace -G` object; a
+# header-only library defines them itself: C++17 inline (one per binary)
+# and hidden (an executable and each .so keep their own).  See
+# probes/syncmap_probes.h.
+$(GEN_INC)/syncmap_provider.h: probes/syncmap.d | $(GEN_INC)
+	$(call msg,DTRACE,$@)
+	$(Q)$(DTRACE) -h -s $< -o $@.tmp
+	$(Q)sed -i 's/^__extension__ extern unsigned short \(.*\);$$/__extension__ inline unsigned short \1 __attribute__ ((visibility ("hidden")));/' $@.tmp
+	$(Q)grep -q 'inline unsigned short syncmap_miss_semaphore' $@.tmp || { echo "dtrace -h output changed; fix the sed in the Makefile" >&2; exit 1; }
+	$(Q)mv $@.tmp $@
+
+$(GEN_INC)/%.h: probes/%.h | $(GEN_INC)
+	$(call msg,COPY,$@)
+	$(Q)cp $< $@
+
+$(BUILD) $(GEN_INC) $(BUILD)/tests $(BUILD)/obj $(BUILD)/bench $(BUILD)/bpf:
+	$(Q)mkdir -p $@
+
+# ---------------------------------------------------------------------------
+# BPF: vmlinux.h from the running kernel's BTF, each bpf/<tool>.bpf.c into an
+# object and a skeleton (build/bpf/<tool>.skel.h) the agent includes.
+
+BPF_SRCS  := $(wildcard bpf/*.bpf.c)
+BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
+BPF_SKELS := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.skel.h,$(BPF_SRCS))
+
+# clang -target bpf does not search the multiarch dir (asm/types.h); add
+# the system include dirs clang itself uses, after the BPF ones.
+CLANG_BPF_SYS_INCLUDES = $(shell $(CLANG) -v -E - </dev/null 2>&1 \
+	| sed -n '/<...> search starts here:/,/End of search list./{ s| \(/.*\)|-idirafter \1|p }')
+
+$(BUILD)/bpf/vmlinux.h: | $(BUILD)/bpf
+	$(call msg,GEN,$@)
+	$(Q)$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@
+
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BUILD)/bpf/vmlinux.h $(GEN_INC)/syncmap_abi.h | $(BUILD)/bpf
+	$(call msg,BPF,$@)
+	$(Q)$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -MMD -MP \
+		-I$(BUILD)/bpf -Ibpf -I$(BUILD)/include $(CLANG_BPF_SYS_INCLUDES) -c $< -o $@.tmp
+	$(Q)$(BPFTOOL) gen object $@ $@.tmp && rm -f $@.tmp
+
+$(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
+	$(call msg,GEN-SKEL,$@)
+	$(Q)$(BPFTOOL) gen skeleton $< name $(subst -,_,$*)_bpf > $@
+
+# ---------------------------------------------------------------------------
+# The agent: agent/*.cc into build/mapscope (agent/main.cc holds main());
+# agent/preload/*.cc into build/libmapscope_preload.so.
+
+AGENT_SRCS    := $(filter-out agent/main.cc,$(wildcard agent/*.cc))
+AGENT_OBJS    := $(patsubst agent/%.cc,$(BUILD)/obj/agent/%.o,$(AGENT_SRCS))
+PKGS_AGENT    := libbpf libelf zlib absl_status absl_statusor absl_str_format_internal \
+                 absl_strings absl_flags absl_flags_parse absl_time
+AGENT_CFLAGS   = $(shell pkg-config --cflags $(PKGS_AGENT)) -I$(BUILD)/bpf -Iagent
+AGENT_LIBS     = $(shell pkg-config --libs $(PKGS_AGENT))
+MAPSCOPE      := $(BUILD)/mapscope
+
+$(BUILD)/obj/agent/%.o: agent/%.cc $(PROBE_HDRS) $(BPF_SKELS)
+	$(call msg,CXX,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $(AGENT_CFLAGS) -c $< -o $@
+
+$(MAPSCOPE): $(BUILD)/obj/agent/main.o $(AGENT_OBJS)
+	$(call msg,LINK,$@)
+	$(Q)$(CXX) $^ -o $@ $(AGENT_LIBS) $(LIB_LIBS)
+
+PRELOAD_SRCS := $(wildcard agent/preload/*.cc)
+PRELOAD_SO   := $(if $(PRELOAD_SRCS),$(BUILD)/libmapscope_preload.so)
+$(BUILD)/libmapscope_preload.so: $(PRELOAD_SRCS) $(PROBE_HDRS) | $(BUILD)
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -fPIC -shared -fvisibility=hidden $(PRELOAD_SRCS) -o $@ -ldl -lpthread
+
+# ---------------------------------------------------------------------------
+# Tools: tools/<name>/*.cc into build/<name>.
+
+MAPLOAD := $(BUILD)/mapload
+TOOL_LIBS = $(LIB_LIBS) $(shell pkg-config --libs absl_flags absl_flags_parse absl_str_format_internal absl_strings)
+
+$(MAPLOAD): $(wildcard tools/mapload/*.cc) $(PROBE_HDRS) | $(BUILD)
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -pthread $(filter %.cc,$^) -o $@ $(TOOL_LIBS) -ldl
+
+# ---------------------------------------------------------------------------
+# Tests: each tests/<name>_test.cc is one GoogleTest binary build/tests/<name>_test
+# (linked with the agent's objects, so agent code is testable without main);
+# tests/fixtures/<name>.cc are test programs (build/tests/<name>) and
+# tests/fixtures/lib<name>.cc test shared libraries (build/tests/lib<name>.so).
+# The library's own test also builds under ASAN+UBSAN and under TSAN.
+
+TEST_SRCS    := $(wildcard tests/*_test.cc)
+TEST_BINS    := $(patsubst tests/%.cc,$(BUILD)/tests/%,$(TEST_SRCS))
+FIXTURE_SRCS := $(wildcard tests/fixtures/*.cc)
+FIXTURE_LIBS := $(patsubst tests/fixtures/%.cc,$(BUILD)/tests/%.so,$(filter tests/fixtures/lib%,$(FIXTURE_SRCS)))
+FIXTURE_BINS := $(patsubst tests/fixtures/%.cc,$(BUILD)/tests/%,$(filter-out tests/fixtures/lib%,$(FIXTURE_SRCS)))
+SAN_BINS     := $(BUILD)/tests/sync_map_test.asan $(BUILD)/tests/sync_map_test.tsan
+TEST_DEPS    := $(TEST_BINS) $(SAN_BINS) $(FIXTURE_LIBS) $(FIXTURE_BINS) $(MAPLOAD) $(MAPSCOPE) $(PRELOAD_SO)
+
+$(BUILD)/tests/%_test: tests/%_test.cc $(AGENT_OBJS) $(PROBE_HDRS) $(BPF_SKELS) | $(BUILD)/tests
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $(AGENT_CFLAGS) -pthread $< $(AGENT_OBJS) -o $@ \
+		$(AGENT_LIBS) $(LIB_LIBS) $(GTEST_LIBS) -ldl
+
+$(BUILD)/tests/sync_map_test.asan: tests/sync_map_test.cc $(PROBE_HDRS) | $(BUILD)/tests
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -O1 $(SAN_ASAN) -pthread $< -o $@ $(LIB_LIBS) $(GTEST_LIBS)
+$(BUILD)/tests/sync_map_test.tsan: tests/sync_map_test.cc $(PROBE_HDRS) | $(BUILD)/tests
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -O1 $(SAN_TSAN) -pthread $< -o $@ $(LIB_LIBS) $(GTEST_LIBS)
+
+$(BUILD)/tests/lib%.so: tests/fixtures/lib%.cc $(PROBE_HDRS) | $(BUILD)/tests
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -fPIC -shared $< -o $@ $(LIB_LIBS)
+
+$(BUILD)/tests/%: tests/fixtures/%.cc $(PROBE_HDRS) $(FIXTURE_LIBS) | $(BUILD)/tests
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -pthread $< -o $@ -L$(BUILD)/tests -Wl,-rpath,'$$ORIGIN' $(LIB_LIBS) -ldl
+
+.PHONY: all
+all: deps-auto
+	$(Q)$(MAKE) --no-print-directory build-all
+
+.PHONY: build-all
+build-all: $(PROBE_HDRS) $(MAPLOAD) $(MAPSCOPE) $(PRELOAD_SO)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---------------------------------------------------------------------------
+# Packages.  `deps-auto` installs only what is missing (no apt-get update
+# when nothing is); `deps` always refreshes and installs.
+
+.PHONY: deps deps-auto
+deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PKGS)
+
+deps-auto:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "  DEPS     installing:" $$missing; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: missing packages ($$missing); run 'sudo make deps'" >&2; exit 1; fi; \
+	  $(MAKE) --no-print-directory deps; \
+	fi
+
+# ---------------------------------------------------------------------------
+# Tests.
+
+.PHONY: test test-run test-long
+test: deps-auto
+	$(Q)$(MAKE) --no-print-directory test-run
+
+test-run: $(TEST_DEPS)
+	$(Q)tests/run_tests.sh $(BUILD)
+
+test-long: deps-auto
+	$(Q)$(MAKE) --no-print-directory test-long-run
+
+test-long-run: $(TEST_DEPS)
+	$(Q)SYNCMAP_LONG=1 tests/run_tests.sh $(BUILD)
+
+# ---------------------------------------------------------------------------
+# Demo, install, clean.
+
+.PHONY: demo demo-run
+demo: deps-auto
+	$(Q)$(MAKE) --no-print-directory demo-run
+
+demo-run: $(MAPLOAD) $(MAPSCOPE)
+	$(Q)tools/demo.sh $(BUILD)
+
+.PHONY: install
+install: $(PROBE_HDRS)
+	install -d $(DESTDIR)$(PREFIX)/include/syncmap $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/syncmap/*.h $(PROBE_HDRS) $(DESTDIR)$(PREFIX)/include/syncmap/
+	sed -e 's|@PREFIX@|$(PREFIX)|' tools/syncmap.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/syncmap.pc
+
+.PHONY: clean
+clean:
+	rm -rf $(BUILD)
+
+.DELETE_ON_ERROR:
+.SECONDARY:

@@ -1,0 +1,968 @@
+// File: sync_map.h
+// -----------------------------------------------------------------------------
+//
+// syncmap::SyncMap is a concurrent map with the design of Go's sync.Map (the
+// read/dirty version from before Go 1.24), compiled with USDT probes so that
+// `mapscope` can watch it in a running process.
+//
+// Most code should use a plain map behind a mutex (or a sharded one) instead.
+// SyncMap is optimised for two workloads:
+//
+//   1. keys written once and read many times (caches that only grow), and
+//   2. threads that read, write and overwrite disjoint sets of keys.
+//
+// In those cases a read hit takes no lock and writes no shared memory.  With
+// many new keys, deletes, or a key space that keeps moving, it degrades: the
+// failure modes mapscope diagnoses (tombstones that never leave the read map,
+// reads that keep falling through to the locked dirty map, dirty rebuilds
+// that copy the whole read map for one new key, promotion storms).
+//
+// A SyncMap can be neither copied nor moved (readers hold its address).
+//
+// Example:
+//
+//   syncmap::SyncMap<std::string, int> sessions("sessions");
+//   sessions.Store("alice", 1);
+//   if (std::optional<int> v = sessions.Load("alice")) Use(*v);
+//   sessions.Range([](const std::string& k, const int& v) { ...; return true; });
+//
+// Design (names follow Go's map.go):
+//
+//   read_   an immutable hash map key -> Entry*, published through an atomic
+//           pointer.  Readers look keys up in it without any lock.  It also
+//           carries `amended`: dirty holds keys read lacks.
+//   dirty_  a mutable hash map under mu_, holding every live key of read plus
+//           the new keys.  Entries are shared between read and dirty, so a
+//           store to a key in read is a compare-and-swap on the entry, also
+//           lock-free.
+//   misses  lookups that missed read and had to lock mu_.  Once misses >=
+//           len(dirty), dirty is *promoted*: it becomes the new read map and
+//           dirty is dropped (the copy was already paid for).
+//   rebuild the first new key after a promotion builds dirty again by copying
+//           read's entries, *expunging* deleted ones (not copied).
+//
+// An entry's value pointer p is in one of three states:
+//   nullptr    deleted; the entry is still in read (a tombstone) and, if
+//              dirty exists, in dirty too.
+//   kExpunged  deleted, and dirty exists and does not hold it.  The entry is
+//              dropped with the read map at the next promotion.
+//   otherwise  a Box holding the current value.
+// So a deleted key stays in read, as a tombstone, until a rebuild expunges it
+// and the promotion after that drops it: a map that only deletes never
+// shrinks.  Compact() forces that rebuild + promotion.
+//
+// Memory ordering: operations on one key are linearizable, as in Go.  A Load
+// that returns a value happens after the Store that wrote it.  Range sees
+// each key at most once, with no consistent snapshot of the whole map.
+//
+// Memory reclamation: lock-free readers may still hold a retired read map, an
+// entry or a value box, so those are freed only after an RCU grace period,
+// with liburcu's "bulletproof" flavour (urcu-bp, Debian liburcu-dev).
+// Chosen because:
+//   * its read-side lock is a thread-local counter store and a compiler
+//     barrier (the writer side pays with membarrier(2)), no atomic
+//     read-modify-write, no fence: a read hit stays within the few ns of a
+//     plain hash lookup (see the README's Performance section);
+//   * threads need no registration: a library cannot require its users to
+//     call rcu_register_thread() (urcu-memb, urcu-qsbr) in every thread;
+//   * call_rcu() batches frees on a worker thread, one grace period per
+//     batch, so retire lists stay bounded by the worker's throughput rather
+//     than by when some thread happens to pass a quiescent point.
+// Link with `pkg-config --libs syncmap` (it names liburcu-bp and Abseil).
+//
+// Probes: see probes/README.md.  They fire on slow paths only: miss, promote,
+// dirty_rebuild, delete, store_new, map_init and map_destroy.  Never on a read
+// hit or a store to an existing key.
+
+#ifndef SYNCMAP_SYNC_MAP_H_
+#define SYNCMAP_SYNC_MAP_H_
+
+#include <pthread.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
+#include "absl/synchronization/mutex.h"
+#include "syncmap/syncmap_probes.h"
+
+// urcu-bp's inline read side needs _LGPL_SOURCE; keep it from leaking into
+// the includer's other urcu headers.
+#ifndef _LGPL_SOURCE
+#define _LGPL_SOURCE
+#define SYNCMAP_UNDEF_LGPL_SOURCE_
+#endif
+#include <urcu/urcu-bp.h>
+#ifdef SYNCMAP_UNDEF_LGPL_SOURCE_
+#undef _LGPL_SOURCE
+#undef SYNCMAP_UNDEF_LGPL_SOURCE_
+#endif
+
+namespace syncmap {
+
+// MapStats
+//
+// A SyncMap's gauges, lifetime counters and health ratios.  Exact when no
+// operation is in flight (each field is read separately, so under load they
+// are individually but not mutually consistent).  An operation that races
+// with Clear() may leave `live`/`tombstones` off by its own effect.
+struct MapStats {
+  // Gauges, in entries.
+  uint64_t read_len = 0;    // keys in the read map, tombstones included
+  uint64_t dirty_len = 0;   // keys in the dirty map (0 when there is none)
+  uint64_t dirty_only = 0;  // keys in dirty that read lacks
+  uint64_t live = 0;        // keys holding a value
+  uint64_t tombstones = 0;  // read entries holding no value (deleted or expunged)
+  uint64_t expunged = 0;    // of those, expunged (dropped at the next promotion)
+
+  // Lifetime counters; never reset.
+  uint64_t misses = 0;          // lookups that missed read and locked dirty
+  uint64_t promotions = 0;      // dirty -> read
+  uint64_t dirty_rebuilds = 0;  // read -> dirty copies
+  uint64_t deletes = 0;         // values deleted
+  uint64_t store_new = 0;       // keys stored that neither read nor dirty held
+  uint64_t rebuild_copied = 0;  // entries copied by all rebuilds
+
+  // Ratios (the formulas the mapscope checks use):
+  //   valid_ratio      = live / (read_len + dirty_only)   (1 when empty)
+  //                      live keys over distinct entries held; < 0.7 = leak
+  //   stale_ratio      = tombstones / read_len            (0 when empty)
+  //                      dead entries a reader may hit; > 0.3 = stale reads
+  //   dirty_redundancy = (dirty_len - dirty_only) / live  (0 when no live key)
+  //                      entries dirty duplicates from read; > 0.2 = bloat
+  double valid_ratio = 1.0;
+  double stale_ratio = 0.0;
+  double dirty_redundancy = 0.0;
+};
+
+namespace sync_map_internal {
+
+// Thread sanitizer cannot see RCU's ordering (membarrier and plain stores),
+// so tell it: every read-side unlock releases, every deferred free acquires.
+#if defined(__SANITIZE_THREAD__)
+#define SYNCMAP_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SYNCMAP_TSAN 1
+#endif
+#endif
+
+#ifdef SYNCMAP_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+inline char tsan_grace_period;
+inline void TsanReleaseReader() { __tsan_release(&tsan_grace_period); }
+inline void TsanAcquireReclaimer() { __tsan_acquire(&tsan_grace_period); }
+#else
+inline void TsanReleaseReader() {}
+inline void TsanAcquireReclaimer() {}
+#endif
+
+// An RCU read-side critical section.  Nests.
+class ReadSection {
+ public:
+  ReadSection() { urcu_bp_read_lock(); }
+  ~ReadSection() {
+    TsanReleaseReader();
+    urcu_bp_read_unlock();
+  }
+  ReadSection(const ReadSection&) = delete;
+  ReadSection& operator=(const ReadSection&) = delete;
+};
+
+// Base of everything freed after a grace period; `head` first so an
+// rcu_head* converts back to the node.
+struct RcuNode {
+  rcu_head head;
+};
+
+// Keeps call_rcu's worker thread usable in a child after fork(): liburcu
+// requires these hooks around fork when call_rcu is used.
+inline void InstallForkHandlersOnce() {
+  static const bool installed = [] {
+    pthread_atfork(urcu_bp_call_rcu_before_fork, urcu_bp_call_rcu_after_fork_parent,
+                   urcu_bp_call_rcu_after_fork_child);
+    return true;
+  }();
+  (void)installed;
+}
+
+inline uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace sync_map_internal
+
+// SyncMap
+//
+// K must be hashable by Hash and comparable by Eq; V must be copy
+// constructible (operations return copies).  CompareAndSwap and
+// CompareAndDelete also need V == V.
+template <typename K, typename V, typename Hash = absl::Hash<K>, typename Eq = std::equal_to<K>>
+class SyncMap {
+ public:
+  // SyncMap::SyncMap()
+  //
+  // `name` is what the probes report (mapscope shows it); it may be empty.
+  explicit SyncMap(std::string_view name = "");
+  ~SyncMap();
+
+  SyncMap(const SyncMap&) = delete;
+  SyncMap& operator=(const SyncMap&) = delete;
+
+  // SyncMap::Load()
+  //
+  // The value stored for `key`, or nullopt.
+  std::optional<V> Load(const K& key);
+
+  // SyncMap::Store()
+  //
+  // Sets the value for `key`.
+  void Store(const K& key, V value) { (void)Swap(key, std::move(value)); }
+
+  // SyncMap::Swap()
+  //
+  // Sets the value for `key` and returns the previous value, if any.
+  std::optional<V> Swap(const K& key, V value);
+
+  // SyncMap::LoadOrStore()
+  //
+  // The existing value for `key` and true if present; otherwise stores
+  // `value` and returns it with false.
+  std::pair<V, bool> LoadOrStore(const K& key, V value);
+
+  // SyncMap::LoadAndDelete()
+  //
+  // Deletes the value for `key`, returning it if there was one.
+  std::optional<V> LoadAndDelete(const K& key);
+
+  // SyncMap::Delete()
+  void Delete(const K& key) { (void)LoadAndDelete(key); }
+
+  // SyncMap::CompareAndSwap()
+  //
+  // Stores `new_value` if the value for `key` equals `old`.  A key with no
+  // value never matches.
+  bool CompareAndSwap(const K& key, const V& old, V new_value);
+
+  // SyncMap::CompareAndDelete()
+  //
+  // Deletes the value for `key` if it equals `old`.
+  bool CompareAndDelete(const K& key, const V& old);
+
+  // SyncMap::Range()
+  //
+  // Calls f(key, value) for each key holding a value until f returns false.
+  // No key is visited twice; a key stored or deleted concurrently may or may
+  // not be visited.  f may call any method of the map.  Range is O(N) anyway,
+  // so if dirty holds new keys it is promoted first (as in Go).
+  template <typename F>
+  void Range(F&& f);
+
+  // SyncMap::Clear()
+  //
+  // Deletes every key.
+  void Clear();
+
+  // SyncMap::Compact()
+  //
+  // Drops every tombstone now: rebuilds dirty from read (expunging deleted
+  // entries) and promotes it.  O(N) under the lock.  The remedy mapscope
+  // recommends for a map whose deletes leave the read map full of dead
+  // entries.  A no-op when read holds no tombstone and dirty is absent.
+  void Compact();
+
+  // SyncMap::Stats()
+  MapStats Stats() const;
+
+  const std::string& name() const { return name_; }
+
+ private:
+  struct Box : sync_map_internal::RcuNode {
+    explicit Box(V v) : value(std::move(v)) {}
+    V value;
+  };
+
+  // Sentinel for the expunged state; never dereferenced.
+  static Box* Expunged() { return reinterpret_cast<Box*>(uintptr_t{1}); }
+  static bool HasValue(const Box* p) { return p != nullptr && p != Expunged(); }
+
+  // An entry: the slot for one key, shared by read and dirty.
+  struct Entry : sync_map_internal::RcuNode {
+    explicit Entry(Box* b) : p(b) {}
+    // nullptr = deleted, Expunged() = deleted and absent from dirty,
+    // otherwise the value.  Lock-free transitions: value<->value,
+    // value->nullptr, nullptr->value.  Only under mu_: nullptr<->expunged.
+    std::atomic<Box*> p;
+  };
+
+  using Table = absl::flat_hash_map<K, Entry*, Hash, Eq>;
+
+  // A read map and what it alone owns.  Immutable once published except
+  // `amended`, which only goes false -> true.
+  struct ReadOnly : sync_map_internal::RcuNode {
+    Table m;
+    std::atomic<bool> amended{false};
+    // Entries no newer map holds, freed with this one (filled on retire).
+    std::vector<Entry*> owned;
+  };
+
+  // Frees an entry and the value it holds.  Only when no reader can reach it.
+  static void FreeEntryNow(Entry* e) {
+    Box* b = e->p.load(std::memory_order_relaxed);
+    if (HasValue(b)) delete b;
+    delete e;
+  }
+
+  // Deferred frees, after an RCU grace period.
+  static void RetireBox(Box* b) { urcu_bp_call_rcu(&b->head, &FreeBoxCb); }
+  static void RetireEntry(Entry* e) { urcu_bp_call_rcu(&e->head, &FreeEntryCb); }
+  static void RetireRead(ReadOnly* r) { urcu_bp_call_rcu(&r->head, &FreeReadCb); }
+  static void FreeBoxCb(rcu_head* h) {
+    sync_map_internal::TsanAcquireReclaimer();
+    delete static_cast<Box*>(reinterpret_cast<sync_map_internal::RcuNode*>(h));
+  }
+  static void FreeEntryCb(rcu_head* h) {
+    sync_map_internal::TsanAcquireReclaimer();
+    FreeEntryNow(static_cast<Entry*>(reinterpret_cast<sync_map_internal::RcuNode*>(h)));
+  }
+  static void FreeReadCb(rcu_head* h) {
+    sync_map_internal::TsanAcquireReclaimer();
+    auto* r = static_cast<ReadOnly*>(reinterpret_cast<sync_map_internal::RcuNode*>(h));
+    for (Entry* e : r->owned) FreeEntryNow(e);
+    delete r;
+  }
+
+  static Entry* Find(const Table& t, const K& key) {
+    auto it = t.find(key);
+    return it == t.end() ? nullptr : it->second;
+  }
+
+  // The value of e, if it holds one.  Caller is in a ReadSection.
+  static std::optional<V> LoadEntry(Entry* e) {
+    Box* p = e->p.load(std::memory_order_acquire);
+    if (!HasValue(p)) return std::nullopt;
+    return p->value;
+  }
+
+  // Swaps *nb into e unless e is expunged.  Returns the previous pointer
+  // (nullptr = was deleted) via *prev.
+  static bool TrySwap(Entry* e, Box* nb, Box** prev) {
+    Box* p = e->p.load(std::memory_order_acquire);
+    for (;;) {
+      if (p == Expunged()) return false;
+      if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        *prev = p;
+        return true;
+      }
+    }
+  }
+
+  // expunged -> nullptr.  True if it was expunged: the caller must add e to
+  // dirty before releasing mu_.
+  static bool UnexpungeLocked(Entry* e) {
+    Box* p = Expunged();
+    return e->p.compare_exchange_strong(p, nullptr, std::memory_order_acq_rel);
+  }
+
+  // nullptr -> expunged.  True if e is (now) expunged.
+  static bool TryExpungeLocked(Entry* e) {
+    Box* p = e->p.load(std::memory_order_acquire);
+    while (p == nullptr) {
+      if (e->p.compare_exchange_weak(p, Expunged(), std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        return true;
+      }
+    }
+    return p == Expunged();
+  }
+
+  // The value taken out of an entry by a delete of a read entry; nullopt if
+  // it held none.  Keeps live/tombstones/deletes exact.
+  std::optional<V> DeleteReadEntry(Entry* e);
+
+  // Accounting for a store that found `prev` in an entry of read.
+  void NoteStoreIntoReadEntry(Box* prev) {
+    if (prev == nullptr) {  // revived a tombstone
+      live_.fetch_add(1, std::memory_order_relaxed);
+      tombstones_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  void MissLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PromoteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DirtyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets amended on the current read map, rebuilding dirty first if needed.
+  void AmendLocked(ReadOnly* read) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Entries reachable from read and dirty, each once.
+  std::vector<Entry*> AllEntriesLocked(const ReadOnly* read) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  static void Bump(std::atomic<uint64_t>& c, int64_t d = 1) {
+    // Under mu_ (single writer): a load and a store, no locked instruction.
+    c.store(c.load(std::memory_order_relaxed) + static_cast<uint64_t>(d),
+            std::memory_order_relaxed);
+  }
+
+  // The probe snapshot; built only when a probe is enabled.
+  syncmap_snapshot Snapshot() const;
+
+  // --- Read side: one cache line readers share and nobody writes often. ---
+  alignas(64) std::atomic<ReadOnly*> read_;
+
+  // --- Write side. ---
+  alignas(64) mutable absl::Mutex mu_;
+  std::unique_ptr<Table> dirty_ ABSL_GUARDED_BY(mu_);
+  // misses since the last promotion; drives promotion (Go's m.misses).
+  uint64_t misses_gen_ ABSL_GUARDED_BY(mu_) = 0;
+  // Entries expunged by the last rebuild.  Those still expunged at the next
+  // promotion are owned by the read map that promotion retires.
+  std::vector<Entry*> expunged_list_ ABSL_GUARDED_BY(mu_);
+
+  // Gauges and counters, atomics so that Stats() and lock-free paths can
+  // read them; those marked (mu_) only change under mu_.
+  std::atomic<uint64_t> read_len_{0};        // (mu_)
+  std::atomic<uint64_t> dirty_len_{0};       // (mu_)
+  std::atomic<uint64_t> dirty_only_{0};      // (mu_)
+  std::atomic<uint64_t> expunged_{0};        // (mu_)
+  std::atomic<uint64_t> misses_{0};          // (mu_)
+  std::atomic<uint64_t> promotions_{0};      // (mu_)
+  std::atomic<uint64_t> dirty_rebuilds_{0};  // (mu_)
+  std::atomic<uint64_t> store_new_{0};       // (mu_)
+  std::atomic<uint64_t> rebuild_copied_{0};  // (mu_)
+  // Changed lock-free by deletes and revivals of read entries.
+  alignas(64) std::atomic<uint64_t> live_{0};
+  std::atomic<uint64_t> tombstones_{0};
+  std::atomic<uint64_t> deletes_{0};
+  mutable std::atomic<uint64_t> probe_seq_{0};  // only touched while tracing
+
+  const std::string name_;
+};
+
+// Implementation details follow.
+
+template <typename K, typename V, typename H, typename E>
+SyncMap<K, V, H, E>::SyncMap(std::string_view name) : read_(new ReadOnly), name_(name) {
+  sync_map_internal::InstallForkHandlersOnce();
+  if (SYNCMAP_PROBE_ON(map_init)) {
+    syncmap_snapshot s = Snapshot();
+    probes_internal::FireMapInit(this, name_.c_str(), &s);
+  }
+}
+
+template <typename K, typename V, typename H, typename E>
+SyncMap<K, V, H, E>::~SyncMap() {
+  if (SYNCMAP_PROBE_ON(map_destroy)) {
+    syncmap_snapshot s = Snapshot();
+    probes_internal::FireMapDestroy(this, &s);
+  }
+  // No operation may be in flight, so nothing is reachable but through us.
+  // Boxes, entries and read maps retired earlier are freed by call_rcu and
+  // do not refer back to the map.
+  absl::MutexLock lock(&mu_);
+  ReadOnly* read = read_.load(std::memory_order_relaxed);
+  for (Entry* e : AllEntriesLocked(read)) FreeEntryNow(e);
+  delete read;
+}
+
+template <typename K, typename V, typename H, typename E>
+syncmap_snapshot SyncMap<K, V, H, E>::Snapshot() const {
+  syncmap_snapshot s{};
+  s.version = SYNCMAP_SNAPSHOT_VERSION;
+  s.size = sizeof(s);
+  s.seq = probe_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
+  s.name = reinterpret_cast<uintptr_t>(name_.c_str());
+  s.read_len = read_len_.load(std::memory_order_relaxed);
+  s.dirty_len = dirty_len_.load(std::memory_order_relaxed);
+  s.dirty_only = dirty_only_.load(std::memory_order_relaxed);
+  s.live = live_.load(std::memory_order_relaxed);
+  s.tombstones = tombstones_.load(std::memory_order_relaxed);
+  s.expunged = expunged_.load(std::memory_order_relaxed);
+  s.misses = misses_.load(std::memory_order_relaxed);
+  s.promotions = promotions_.load(std::memory_order_relaxed);
+  s.dirty_rebuilds = dirty_rebuilds_.load(std::memory_order_relaxed);
+  s.deletes = deletes_.load(std::memory_order_relaxed);
+  s.store_new = store_new_.load(std::memory_order_relaxed);
+  s.rebuild_copied = rebuild_copied_.load(std::memory_order_relaxed);
+  return s;
+}
+
+template <typename K, typename V, typename H, typename E>
+MapStats SyncMap<K, V, H, E>::Stats() const {
+  MapStats st;
+  st.read_len = read_len_.load(std::memory_order_relaxed);
+  st.dirty_len = dirty_len_.load(std::memory_order_relaxed);
+  st.dirty_only = dirty_only_.load(std::memory_order_relaxed);
+  st.live = live_.load(std::memory_order_relaxed);
+  st.tombstones = tombstones_.load(std::memory_order_relaxed);
+  st.expunged = expunged_.load(std::memory_order_relaxed);
+  st.misses = misses_.load(std::memory_order_relaxed);
+  st.promotions = promotions_.load(std::memory_order_relaxed);
+  st.dirty_rebuilds = dirty_rebuilds_.load(std::memory_order_relaxed);
+  st.deletes = deletes_.load(std::memory_order_relaxed);
+  st.store_new = store_new_.load(std::memory_order_relaxed);
+  st.rebuild_copied = rebuild_copied_.load(std::memory_order_relaxed);
+  const uint64_t held = st.read_len + st.dirty_only;
+  st.valid_ratio = held ? static_cast<double>(st.live) / static_cast<double>(held) : 1.0;
+  st.stale_ratio =
+      st.read_len ? static_cast<double>(st.tombstones) / static_cast<double>(st.read_len) : 0.0;
+  const uint64_t dup = st.dirty_len - st.dirty_only;
+  st.dirty_redundancy = st.live ? static_cast<double>(dup) / static_cast<double>(st.live) : 0.0;
+  return st;
+}
+
+template <typename K, typename V, typename H, typename E>
+std::optional<V> SyncMap<K, V, H, E>::Load(const K& key) {
+  sync_map_internal::ReadSection rs;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  Entry* e = Find(read->m, key);
+  if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
+    absl::MutexLock lock(&mu_);
+    // Re-check: a promotion may have moved the key into read while we
+    // waited for the lock.
+    read = read_.load(std::memory_order_relaxed);
+    e = Find(read->m, key);
+    if (e == nullptr && read->amended.load(std::memory_order_relaxed)) {
+      e = Find(*dirty_, key);
+      // Count the miss whether or not dirty had the key: either way the
+      // lookup paid for the lock, until dirty is promoted.
+      MissLocked();
+    }
+  }
+  if (e == nullptr) return std::nullopt;
+  return LoadEntry(e);
+}
+
+template <typename K, typename V, typename H, typename E>
+std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
+  sync_map_internal::ReadSection rs;
+  // Allocated outside the lock; every path below publishes it.
+  Box* nb = new Box(std::move(value));
+  Box* prev = nullptr;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  if (Entry* e = Find(read->m, key); e != nullptr && TrySwap(e, nb, &prev)) {
+    NoteStoreIntoReadEntry(prev);
+  } else {
+    absl::MutexLock lock(&mu_);
+    read = read_.load(std::memory_order_relaxed);
+    if (Entry* e = Find(read->m, key)) {
+      if (UnexpungeLocked(e)) {
+        // The entry was expunged: dirty exists and lacks it.  Put it back
+        // before storing, or the next promotion would lose the value.
+        dirty_->emplace(key, e);
+        Bump(dirty_len_);
+        Bump(expunged_, -1);
+      }
+      prev = e->p.exchange(nb, std::memory_order_acq_rel);
+      NoteStoreIntoReadEntry(prev);
+    } else if (Entry* d = dirty_ ? Find(*dirty_, key) : nullptr) {
+      // Dirty-only entries always hold a value (deletes remove them).
+      prev = d->p.exchange(nb, std::memory_order_acq_rel);
+    } else {
+      AmendLocked(read);
+      dirty_->emplace(key, new Entry(nb));
+      Bump(dirty_len_);
+      Bump(dirty_only_);
+      Bump(store_new_);
+      live_.fetch_add(1, std::memory_order_relaxed);
+      if (SYNCMAP_PROBE_ON(store_new)) {
+        syncmap_snapshot s = Snapshot();
+        probes_internal::FireStoreNew(this, &s);
+      }
+    }
+  }
+  if (!HasValue(prev)) return std::nullopt;
+  std::optional<V> old(prev->value);
+  RetireBox(prev);
+  return old;
+}
+
+template <typename K, typename V, typename H, typename E>
+std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
+  sync_map_internal::ReadSection rs;
+  Box* nb = nullptr;  // allocated only if we store
+  // Go's tryLoadOrStore: the existing value, or stores ours into a deleted
+  // entry.  nullopt when e is expunged (the caller must take the lock).
+  auto try_load_or_store = [&](Entry* e) -> std::optional<std::pair<V, bool>> {
+    Box* p = e->p.load(std::memory_order_acquire);
+    for (;;) {
+      if (p == Expunged()) return std::nullopt;
+      if (p != nullptr) return std::pair<V, bool>(p->value, true);
+      if (nb == nullptr) nb = new Box(value);
+      if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        nb = nullptr;
+        NoteStoreIntoReadEntry(nullptr);
+        return std::pair<V, bool>(value, false);
+      }
+    }
+  };
+  std::optional<std::pair<V, bool>> result;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  if (Entry* e = Find(read->m, key)) result = try_load_or_store(e);
+  if (!result) {
+    absl::MutexLock lock(&mu_);
+    read = read_.load(std::memory_order_relaxed);
+    if (Entry* e = Find(read->m, key)) {
+      if (UnexpungeLocked(e)) {
+        dirty_->emplace(key, e);
+        Bump(dirty_len_);
+        Bump(expunged_, -1);
+      }
+      result = try_load_or_store(e);  // cannot be expunged now: under mu_
+    } else if (Entry* d = dirty_ ? Find(*dirty_, key) : nullptr) {
+      result = try_load_or_store(d);
+      MissLocked();
+    } else {
+      AmendLocked(read);
+      if (nb == nullptr) nb = new Box(value);
+      dirty_->emplace(key, new Entry(nb));
+      nb = nullptr;
+      Bump(dirty_len_);
+      Bump(dirty_only_);
+      Bump(store_new_);
+      live_.fetch_add(1, std::memory_order_relaxed);
+      if (SYNCMAP_PROBE_ON(store_new)) {
+        syncmap_snapshot s = Snapshot();
+        probes_internal::FireStoreNew(this, &s);
+      }
+      result.emplace(std::move(value), false);
+    }
+  }
+  delete nb;  // never published
+  return std::move(*result);
+}
+
+template <typename K, typename V, typename H, typename E>
+std::optional<V> SyncMap<K, V, H, E>::DeleteReadEntry(Entry* e) {
+  Box* p = e->p.load(std::memory_order_acquire);
+  for (;;) {
+    if (!HasValue(p)) return std::nullopt;
+    if (e->p.compare_exchange_weak(p, nullptr, std::memory_order_acq_rel,
+                                   std::memory_order_acquire)) {
+      break;
+    }
+  }
+  live_.fetch_sub(1, std::memory_order_relaxed);
+  tombstones_.fetch_add(1, std::memory_order_relaxed);
+  deletes_.fetch_add(1, std::memory_order_relaxed);
+  if (SYNCMAP_PROBE_ON(delete)) {
+    syncmap_snapshot s = Snapshot();
+    probes_internal::FireDelete(this, &s);
+  }
+  std::optional<V> old(p->value);
+  RetireBox(p);
+  return old;
+}
+
+template <typename K, typename V, typename H, typename E>
+std::optional<V> SyncMap<K, V, H, E>::LoadAndDelete(const K& key) {
+  sync_map_internal::ReadSection rs;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  Entry* e = Find(read->m, key);
+  if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
+    Box* prev = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      read = read_.load(std::memory_order_relaxed);
+      e = Find(read->m, key);
+      if (e == nullptr && read->amended.load(std::memory_order_relaxed)) {
+        // A dirty-only key: remove it outright, no tombstone.
+        auto it = dirty_->find(key);
+        if (it != dirty_->end()) {
+          Entry* d = it->second;
+          dirty_->erase(it);
+          Bump(dirty_len_, -1);
+          Bump(dirty_only_, -1);
+          prev = d->p.exchange(nullptr, std::memory_order_acq_rel);
+          live_.fetch_sub(1, std::memory_order_relaxed);
+          deletes_.fetch_add(1, std::memory_order_relaxed);
+          RetireEntry(d);
+          if (SYNCMAP_PROBE_ON(delete)) {
+            syncmap_snapshot s = Snapshot();
+            probes_internal::FireDelete(this, &s);
+          }
+        }
+        MissLocked();
+      }
+    }
+    if (e == nullptr) {
+      if (!HasValue(prev)) return std::nullopt;
+      std::optional<V> old(prev->value);
+      RetireBox(prev);
+      return old;
+    }
+  }
+  if (e == nullptr) return std::nullopt;
+  return DeleteReadEntry(e);
+}
+
+template <typename K, typename V, typename H, typename E>
+bool SyncMap<K, V, H, E>::CompareAndSwap(const K& key, const V& old, V new_value) {
+  sync_map_internal::ReadSection rs;
+  Box* nb = nullptr;
+  // Go's tryCompareAndSwap.
+  auto try_cas = [&](Entry* e) -> bool {
+    Box* p = e->p.load(std::memory_order_acquire);
+    for (;;) {
+      if (!HasValue(p) || !(p->value == old)) return false;
+      if (nb == nullptr) nb = new Box(new_value);
+      if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        nb = nullptr;
+        RetireBox(p);
+        return true;
+      }
+    }
+  };
+  bool swapped = false;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  if (Entry* e = Find(read->m, key)) {
+    swapped = try_cas(e);
+  } else if (read->amended.load(std::memory_order_acquire)) {
+    absl::MutexLock lock(&mu_);
+    read = read_.load(std::memory_order_relaxed);
+    if (Entry* e2 = Find(read->m, key)) {
+      swapped = try_cas(e2);
+    } else if (Entry* d = dirty_ ? Find(*dirty_, key) : nullptr) {
+      swapped = try_cas(d);
+      // The key set did not change; count the miss so that a steady state
+      // of CAS on dirty keys ends in a promotion.
+      MissLocked();
+    }
+  }
+  delete nb;
+  return swapped;
+}
+
+template <typename K, typename V, typename H, typename E>
+bool SyncMap<K, V, H, E>::CompareAndDelete(const K& key, const V& old) {
+  sync_map_internal::ReadSection rs;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  Entry* e = Find(read->m, key);
+  if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
+    Box* prev = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      read = read_.load(std::memory_order_relaxed);
+      e = Find(read->m, key);
+      if (e == nullptr && read->amended.load(std::memory_order_relaxed)) {
+        // Unlike Go, compare and remove under the lock: dirty-only entries
+        // then always hold a value, which keeps tombstones == deleted
+        // entries of read.
+        auto it = dirty_->find(key);
+        if (it != dirty_->end()) {
+          Entry* d = it->second;
+          Box* p = d->p.load(std::memory_order_acquire);
+          if (HasValue(p) && p->value == old) {
+            dirty_->erase(it);
+            Bump(dirty_len_, -1);
+            Bump(dirty_only_, -1);
+            prev = d->p.exchange(nullptr, std::memory_order_acq_rel);
+            live_.fetch_sub(1, std::memory_order_relaxed);
+            deletes_.fetch_add(1, std::memory_order_relaxed);
+            RetireEntry(d);
+            if (SYNCMAP_PROBE_ON(delete)) {
+              syncmap_snapshot s = Snapshot();
+              probes_internal::FireDelete(this, &s);
+            }
+          }
+        }
+        MissLocked();
+      }
+    }
+    if (e == nullptr) {
+      if (!HasValue(prev)) return false;
+      RetireBox(prev);
+      return true;
+    }
+  }
+  if (e == nullptr) return false;
+  Box* p = e->p.load(std::memory_order_acquire);
+  for (;;) {
+    if (!HasValue(p) || !(p->value == old)) return false;
+    if (e->p.compare_exchange_weak(p, nullptr, std::memory_order_acq_rel,
+                                   std::memory_order_acquire)) {
+      break;
+    }
+  }
+  live_.fetch_sub(1, std::memory_order_relaxed);
+  tombstones_.fetch_add(1, std::memory_order_relaxed);
+  deletes_.fetch_add(1, std::memory_order_relaxed);
+  if (SYNCMAP_PROBE_ON(delete)) {
+    syncmap_snapshot s = Snapshot();
+    probes_internal::FireDelete(this, &s);
+  }
+  RetireBox(p);
+  return true;
+}
+
+template <typename K, typename V, typename H, typename E>
+template <typename F>
+void SyncMap<K, V, H, E>::Range(F&& f) {
+  sync_map_internal::ReadSection rs;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  if (read->amended.load(std::memory_order_acquire)) {
+    absl::MutexLock lock(&mu_);
+    if (read_.load(std::memory_order_relaxed)->amended.load(std::memory_order_relaxed)) {
+      PromoteLocked();
+    }
+    read = read_.load(std::memory_order_relaxed);
+  }
+  // read is immutable: no key twice.  The read section keeps it alive even
+  // if f's own operations promote a newer one.
+  for (const auto& [k, e] : read->m) {
+    Box* p = e->p.load(std::memory_order_acquire);
+    if (!HasValue(p)) continue;
+    if (!f(k, static_cast<const V&>(p->value))) break;
+  }
+}
+
+template <typename K, typename V, typename H, typename E>
+void SyncMap<K, V, H, E>::Clear() {
+  sync_map_internal::ReadSection rs;
+  ReadOnly* read = read_.load(std::memory_order_acquire);
+  if (read->m.empty() && !read->amended.load(std::memory_order_acquire)) return;
+  absl::MutexLock lock(&mu_);
+  read = read_.load(std::memory_order_relaxed);
+  read->owned = AllEntriesLocked(read);
+  read_.store(new ReadOnly, std::memory_order_release);
+  dirty_.reset();
+  expunged_list_.clear();
+  misses_gen_ = 0;
+  read_len_.store(0, std::memory_order_relaxed);
+  dirty_len_.store(0, std::memory_order_relaxed);
+  dirty_only_.store(0, std::memory_order_relaxed);
+  expunged_.store(0, std::memory_order_relaxed);
+  live_.store(0, std::memory_order_relaxed);
+  tombstones_.store(0, std::memory_order_relaxed);
+  RetireRead(read);
+}
+
+template <typename K, typename V, typename H, typename E>
+void SyncMap<K, V, H, E>::Compact() {
+  absl::MutexLock lock(&mu_);
+  // Entries deleted since the last rebuild sit in dirty as nil: promote
+  // first, so the rebuild below expunges them too.
+  if (dirty_) PromoteLocked();
+  if (tombstones_.load(std::memory_order_relaxed) == 0) return;
+  DirtyLocked();
+  PromoteLocked();
+}
+
+template <typename K, typename V, typename H, typename E>
+std::vector<typename SyncMap<K, V, H, E>::Entry*> SyncMap<K, V, H, E>::AllEntriesLocked(
+    const ReadOnly* read) {
+  std::vector<Entry*> all;
+  if (dirty_) {
+    // dirty holds every entry of read that is not expunged.
+    all.reserve(dirty_->size() + expunged_.load(std::memory_order_relaxed));
+    for (const auto& [k, e] : *dirty_) all.push_back(e);
+    for (const auto& [k, e] : read->m) {
+      if (e->p.load(std::memory_order_relaxed) == Expunged()) all.push_back(e);
+    }
+  } else {
+    all.reserve(read->m.size());
+    for (const auto& [k, e] : read->m) all.push_back(e);
+  }
+  return all;
+}
+
+template <typename K, typename V, typename H, typename E>
+void SyncMap<K, V, H, E>::MissLocked() {
+  ++misses_gen_;
+  Bump(misses_);
+  if (SYNCMAP_PROBE_ON(miss)) {
+    syncmap_snapshot s = Snapshot();
+    probes_internal::FireMiss(this, &s);
+  }
+  if (misses_gen_ < dirty_->size()) return;
+  PromoteLocked();
+}
+
+template <typename K, typename V, typename H, typename E>
+void SyncMap<K, V, H, E>::PromoteLocked() {
+  const bool traced = SYNCMAP_PROBE_ON(promote);
+  const uint64_t t0 = traced ? sync_map_internal::NowNs() : 0;
+  ReadOnly* old = read_.load(std::memory_order_relaxed);
+  auto* fresh = new ReadOnly;
+  fresh->m = std::move(*dirty_);
+  dirty_.reset();
+  // Entries expunged by the last rebuild and not stored to since are in no
+  // newer map: the retired read map owns them.  (An entry can only leave the
+  // expunged state before this point, never re-enter it: expunging happens
+  // only in a rebuild, and the next rebuild comes after this promotion.)
+  for (Entry* e : expunged_list_) {
+    if (e->p.load(std::memory_order_relaxed) == Expunged()) old->owned.push_back(e);
+  }
+  expunged_list_.clear();
+  const uint64_t promoted = fresh->m.size();
+  tombstones_.fetch_sub(expunged_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  expunged_.store(0, std::memory_order_relaxed);
+  read_len_.store(promoted, std::memory_order_relaxed);
+  dirty_len_.store(0, std::memory_order_relaxed);
+  dirty_only_.store(0, std::memory_order_relaxed);
+  misses_gen_ = 0;
+  Bump(promotions_);
+  read_.store(fresh, std::memory_order_release);
+  RetireRead(old);
+  if (traced) {
+    const uint64_t ns = sync_map_internal::NowNs() - t0;
+    syncmap_snapshot s = Snapshot();
+    probes_internal::FirePromote(this, &s, ns, promoted);
+  }
+}
+
+template <typename K, typename V, typename H, typename E>
+void SyncMap<K, V, H, E>::DirtyLocked() {
+  if (dirty_) return;
+  const bool traced = SYNCMAP_PROBE_ON(dirty_rebuild);
+  const uint64_t t0 = traced ? sync_map_internal::NowNs() : 0;
+  const ReadOnly* read = read_.load(std::memory_order_relaxed);
+  dirty_ = std::make_unique<Table>();
+  dirty_->reserve(read->m.size());
+  uint64_t expunged = 0;
+  for (const auto& [k, e] : read->m) {
+    if (TryExpungeLocked(e)) {
+      expunged_list_.push_back(e);
+      ++expunged;
+    } else {
+      dirty_->emplace(k, e);
+    }
+  }
+  const uint64_t copied = dirty_->size();
+  dirty_len_.store(copied, std::memory_order_relaxed);
+  dirty_only_.store(0, std::memory_order_relaxed);
+  Bump(expunged_, static_cast<int64_t>(expunged));
+  Bump(dirty_rebuilds_);
+  Bump(rebuild_copied_, static_cast<int64_t>(copied));
+  if (traced) {
+    const uint64_t ns = sync_map_internal::NowNs() - t0;
+    syncmap_snapshot s = Snapshot();
+    probes_internal::FireDirtyRebuild(this, &s, ns, copied, expunged);
+  }
+}
+
+template <typename K, typename V, typename H, typename E>
+void SyncMap<K, V, H, E>::AmendLocked(ReadOnly* read) {
+  if (read->amended.load(std::memory_order_relaxed)) return;
+  DirtyLocked();
+  read->amended.store(true, std::memory_order_release);
+}
+
+}  // namespace syncmap
+
+#endif  // SYNCMAP_SYNC_MAP_H_

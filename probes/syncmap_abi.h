@@ -45,6 +45,13 @@ struct syncmap_snapshot {
 	unsigned long long store_new;
 	/* Entries copied by all dirty rebuilds so far (bloat volume). */
 	unsigned long long rebuild_copied;
+
+	/* Memory model of one entry, so a tracer can turn entry counts into
+	 * bytes: what a held entry costs whether or not it has a value (hash
+	 * table slot + entry node), and what its value box adds. Estimates of
+	 * the allocator's chunk sizes, constant per map type. */
+	unsigned long long entry_bytes;
+	unsigned long long value_bytes;
 };
 
 #endif /* SYNCMAP_ABI_H_ */

@@ -134,6 +134,12 @@ struct MapStats {
   uint64_t store_new = 0;       // keys stored that neither read nor dirty held
   uint64_t rebuild_copied = 0;  // entries copied by all rebuilds
 
+  // Memory model (bytes, estimated from the allocator's chunk sizes): what a
+  // held entry costs with or without a value (table slot + entry node), and
+  // what its value adds.  Dead entries cost tombstones * entry_bytes.
+  uint64_t entry_bytes = 0;
+  uint64_t value_bytes = 0;
+
   // Ratios (the formulas the mapscope checks use):
   //   valid_ratio      = live / (read_len + dirty_only)   (1 when empty)
   //                      live keys over distinct entries held; < 0.7 = leak
@@ -420,6 +426,16 @@ class SyncMap {
   // The probe snapshot; built only when a probe is enabled.
   syncmap_snapshot Snapshot() const;
 
+  // glibc malloc's chunk for a request: 8 bytes of header, 16-aligned, >= 32.
+  static constexpr uint64_t MallocChunk(uint64_t n) {
+    const uint64_t c = (n + 8 + 15) / 16 * 16;
+    return c < 32 ? 32 : c;
+  }
+  // A flat_hash_map slot plus its control byte, at the 7/8 maximum load.
+  static constexpr uint64_t kEntryBytes =
+      (sizeof(typename Table::value_type) + 1) * 8 / 7 + MallocChunk(sizeof(Entry));
+  static constexpr uint64_t kValueBytes = MallocChunk(sizeof(Box));
+
   // --- Read side: one cache line readers share and nobody writes often. ---
   alignas(64) std::atomic<ReadOnly*> read_;
 
@@ -497,6 +513,8 @@ syncmap_snapshot SyncMap<K, V, H, E>::Snapshot() const {
   s.deletes = deletes_.load(std::memory_order_relaxed);
   s.store_new = store_new_.load(std::memory_order_relaxed);
   s.rebuild_copied = rebuild_copied_.load(std::memory_order_relaxed);
+  s.entry_bytes = kEntryBytes;
+  s.value_bytes = kValueBytes;
   return s;
 }
 
@@ -515,6 +533,8 @@ MapStats SyncMap<K, V, H, E>::Stats() const {
   st.deletes = deletes_.load(std::memory_order_relaxed);
   st.store_new = store_new_.load(std::memory_order_relaxed);
   st.rebuild_copied = rebuild_copied_.load(std::memory_order_relaxed);
+  st.entry_bytes = kEntryBytes;
+  st.value_bytes = kValueBytes;
   const uint64_t held = st.read_len + st.dirty_only;
   st.valid_ratio = held ? static_cast<double>(st.live) / static_cast<double>(held) : 1.0;
   st.stale_ratio =

@@ -85,12 +85,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
@@ -176,15 +178,41 @@ inline void TsanAcquireReclaimer() {}
 #endif
 
 // An RCU read-side critical section.  Nests.
+//
+// urcu-bp's own inline read lock re-reads its thread-local reader pointer
+// (through C++'s TLS wrapper check) four times per lock/unlock pair; this is
+// the same protocol (urcu/static/urcu-bp.h, liburcu 0.13) with the pointer
+// read once.  It measured ~1.5 ns cheaper per Load on this machine.
 class ReadSection {
  public:
-  ReadSection() { urcu_bp_read_lock(); }
+  ReadSection() {
+    struct urcu_bp_reader* r = URCU_TLS(urcu_bp_reader);
+    if (__builtin_expect(r == nullptr, 0)) {
+      urcu_bp_register();
+      r = URCU_TLS(urcu_bp_reader);
+    }
+    reader_ = r;
+    cmm_barrier();
+    const unsigned long tmp = r->ctr;
+    if (__builtin_expect(!(tmp & URCU_BP_GP_CTR_NEST_MASK), 1)) {
+      _CMM_STORE_SHARED(r->ctr, _CMM_LOAD_SHARED(urcu_bp_gp.ctr));
+      urcu_bp_smp_mb_slave();
+    } else {
+      _CMM_STORE_SHARED(r->ctr, tmp + URCU_BP_GP_COUNT);
+    }
+  }
   ~ReadSection() {
     TsanReleaseReader();
-    urcu_bp_read_unlock();
+    const unsigned long tmp = reader_->ctr;
+    urcu_bp_smp_mb_slave();
+    _CMM_STORE_SHARED(reader_->ctr, tmp - URCU_BP_GP_COUNT);
+    cmm_barrier();
   }
   ReadSection(const ReadSection&) = delete;
   ReadSection& operator=(const ReadSection&) = delete;
+
+ private:
+  struct urcu_bp_reader* reader_;
 };
 
 // Base of everything freed after a grace period; `head` first so an
@@ -352,7 +380,7 @@ class SyncMap {
     delete r;
   }
 
-  static Entry* Find(const Table& t, const K& key) {
+  ABSL_ATTRIBUTE_ALWAYS_INLINE static Entry* Find(const Table& t, const K& key) {
     auto it = t.find(key);
     return it == t.end() ? nullptr : it->second;
   }
@@ -410,6 +438,8 @@ class SyncMap {
   }
 
   void MissLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Load's slow path: the key is not in read and dirty has new keys.
+  ABSL_ATTRIBUTE_NOINLINE Entry* LoadMissLocked(const K& key) ABSL_LOCKS_EXCLUDED(mu_);
   void PromoteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DirtyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets amended on the current read map, rebuilding dirty first if needed.
@@ -545,25 +575,48 @@ MapStats SyncMap<K, V, H, E>::Stats() const {
 }
 
 template <typename K, typename V, typename H, typename E>
-std::optional<V> SyncMap<K, V, H, E>::Load(const K& key) {
-  sync_map_internal::ReadSection rs;
-  ReadOnly* read = read_.load(std::memory_order_acquire);
-  Entry* e = Find(read->m, key);
-  if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
-    absl::MutexLock lock(&mu_);
-    // Re-check: a promotion may have moved the key into read while we
-    // waited for the lock.
-    read = read_.load(std::memory_order_relaxed);
-    e = Find(read->m, key);
-    if (e == nullptr && read->amended.load(std::memory_order_relaxed)) {
-      e = Find(*dirty_, key);
-      // Count the miss whether or not dirty had the key: either way the
-      // lookup paid for the lock, until dirty is promoted.
-      MissLocked();
+inline std::optional<V> SyncMap<K, V, H, E>::Load(const K& key) {
+  // The value is copied into a plain local inside the read section and the
+  // optional built after it: built in place, GCC stored its flag byte and
+  // reloaded it as a word, a store-forwarding stall on every hit.
+  bool found = false;
+  alignas(V) unsigned char buf[sizeof(V)];
+  {
+    sync_map_internal::ReadSection rs;
+    const ReadOnly* read = read_.load(std::memory_order_acquire);
+    Entry* e = Find(read->m, key);
+    if (__builtin_expect(e == nullptr, 0)) {
+      if (!read->amended.load(std::memory_order_acquire)) return std::nullopt;
+      e = LoadMissLocked(key);
+      if (e == nullptr) return std::nullopt;
+    }
+    Box* p = e->p.load(std::memory_order_acquire);
+    if (HasValue(p)) {
+      ::new (static_cast<void*>(buf)) V(p->value);
+      found = true;
     }
   }
-  if (e == nullptr) return std::nullopt;
-  return LoadEntry(e);
+  if (!found) return std::nullopt;
+  V* v = std::launder(reinterpret_cast<V*>(buf));
+  std::optional<V> out(std::move(*v));
+  v->~V();
+  return out;
+}
+
+template <typename K, typename V, typename H, typename E>
+typename SyncMap<K, V, H, E>::Entry* SyncMap<K, V, H, E>::LoadMissLocked(const K& key) {
+  absl::MutexLock lock(&mu_);
+  // Re-check: a promotion may have moved the key into read while we waited
+  // for the lock.
+  const ReadOnly* read = read_.load(std::memory_order_relaxed);
+  Entry* e = Find(read->m, key);
+  if (e == nullptr && read->amended.load(std::memory_order_relaxed)) {
+    e = Find(*dirty_, key);
+    // Count the miss whether or not dirty had the key: either way the
+    // lookup paid for the lock, until dirty is promoted.
+    MissLocked();
+  }
+  return e;
 }
 
 template <typename K, typename V, typename H, typename E>

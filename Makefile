@@ -24,7 +24,8 @@ DTRACE   := dtrace
 # and CI install the same set.
 DEB_PKGS := build-essential pkg-config clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev \
             systemtap-sdt-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev \
-            liburcu-dev libcapstone-dev libbpfcc-dev binutils
+            liburcu-dev libcapstone-dev libbpfcc-dev binutils nlohmann-json3-dev \
+            libtbb-dev libcuckoo-dev
 
 ifeq ($(V),1)
 Q :=
@@ -109,8 +110,11 @@ AGENT_SRCS    := $(filter-out agent/main.cc,$(wildcard agent/*.cc))
 AGENT_OBJS    := $(patsubst agent/%.cc,$(BUILD)/obj/agent/%.o,$(AGENT_SRCS))
 PKGS_AGENT    := libbpf libelf zlib absl_status absl_statusor absl_str_format_internal \
                  absl_strings absl_flags absl_flags_parse absl_time
-AGENT_CFLAGS   = $(shell pkg-config --cflags $(PKGS_AGENT)) -I$(BUILD)/bpf -Iagent
-AGENT_LIBS     = $(shell pkg-config --libs $(PKGS_AGENT))
+AGENT_CFLAGS   = $(shell pkg-config --cflags $(PKGS_AGENT)) -I$(BUILD)/bpf -iquote bpf -Iagent
+# capstone (probe placement, agent/malloc_source.cc): libs only; its --cflags
+# (-I/usr/include/capstone) would put headers named x86.h, platform.h ... on
+# every agent include path, and <capstone/capstone.h> needs none.
+AGENT_LIBS     = $(shell pkg-config --libs $(PKGS_AGENT) capstone)
 MAPSCOPE      := $(BUILD)/mapscope
 
 $(BUILD)/obj/agent/%.o: agent/%.cc $(PROBE_HDRS) $(BPF_SKELS)
@@ -126,7 +130,8 @@ PRELOAD_SRCS := $(wildcard agent/preload/*.cc)
 PRELOAD_SO   := $(if $(PRELOAD_SRCS),$(BUILD)/libmapscope_preload.so)
 $(BUILD)/libmapscope_preload.so: $(PRELOAD_SRCS) $(PROBE_HDRS) | $(BUILD)
 	$(call msg,CXX,$@)
-	$(Q)$(CXX) $(ALL_CXXFLAGS) -fPIC -shared -fvisibility=hidden $(PRELOAD_SRCS) -o $@ -ldl -lpthread
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -fPIC -shared -fvisibility=hidden -fno-exceptions -fno-rtti \
+		$(PRELOAD_SRCS) -o $@ -Wl,--as-needed -ldl -lpthread
 
 # ---------------------------------------------------------------------------
 # Tools: tools/<name>/*.cc into build/<name>.
@@ -164,6 +169,14 @@ $(BUILD)/tests/sync_map_test.asan: tests/sync_map_test.cc $(PROBE_HDRS) | $(BUIL
 $(BUILD)/tests/sync_map_test.tsan: tests/sync_map_test.cc $(PROBE_HDRS) | $(BUILD)/tests
 	$(call msg,CXX,$@)
 	$(Q)$(CXX) $(ALL_CXXFLAGS) -O1 $(SAN_TSAN) -pthread $< -o $@ $(LIB_LIBS) $(GTEST_LIBS)
+
+# The library's libFuzzer target (tests/fuzz/): clang, since libFuzzer is
+# clang's; `make test-long` runs it for a minute.
+$(BUILD)/tests/sync_map_fuzz: tests/fuzz/sync_map_fuzz.cc $(PROBE_HDRS) | $(BUILD)/tests
+	$(call msg,FUZZ,$@)
+	$(Q)clang++ $(CXXSTD) $(WARN) -g -O1 $(INCLUDES) $(LIB_CFLAGS) -MMD -MP \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
+		$< -o $@ $(LIB_LIBS)
 
 $(BUILD)/tests/lib%.so: tests/fixtures/lib%.cc $(PROBE_HDRS) | $(BUILD)/tests
 	$(call msg,CXX,$@)
@@ -214,6 +227,60 @@ test-long: deps-auto
 
 test-long-run: $(TEST_DEPS)
 	$(Q)SYNCMAP_LONG=1 tests/run_tests.sh $(BUILD)
+	$(Q)$(MAKE) --no-print-directory $(BUILD)/tests/sync_map_fuzz && mkdir -p $(BUILD)/tests/sync_map_fuzz.corpus && $(BUILD)/tests/sync_map_fuzz -max_total_time=60 -detect_leaks=0 -artifact_prefix=$(BUILD)/tests/ $(BUILD)/tests/sync_map_fuzz.corpus
+
+# ---------------------------------------------------------------------------
+# Benchmarks (tools/bench/, see tools/bench/README.md) -- begin
+#
+# build/bench/mapbench: one Google Benchmark binary, every contender in its
+# own translation unit; c_syncmap_noprobes.cc is built with
+# -DSYNCMAP_NO_PROBES (and instantiates SyncMap with its own Hash type, so the
+# two builds of the template stay distinct).
+#   make bench         full matrix + bytes/entry (~20 min on 2 cores)
+#   make bench-quick   reduced matrix, < 3 min
+#   BENCH_ARGS=...     extra flags, e.g. BENCH_ARGS='--workloads=read100 --reps=7'
+# Both write build/bench/summary.json (+ inflection.json, memory.json, and
+# Google Benchmark's raw per-run JSON in raw.json / raw-quick.json).
+
+BENCH_SRCS    := $(filter-out tools/bench/c_syncmap_noprobes.cc,$(wildcard tools/bench/*.cc))
+BENCH_OBJS    := $(patsubst tools/bench/%.cc,$(BUILD)/obj/bench/%.o,$(BENCH_SRCS)) \
+                 $(if $(wildcard tools/bench/c_syncmap_noprobes.cc),$(BUILD)/obj/bench/c_syncmap_noprobes.o)
+PKGS_BENCH    := benchmark tbb liburcu-cds liburcu-memb
+BENCH_CFLAGS   = $(shell pkg-config --cflags $(PKGS_BENCH)) -DNDEBUG
+BENCH_LIBS     = $(shell pkg-config --libs $(PKGS_BENCH)) $(LIB_LIBS)
+MAPBENCH      := $(BUILD)/bench/mapbench
+BENCH_ARGS    ?=
+
+$(BUILD)/obj/bench/c_syncmap_noprobes.o: tools/bench/c_syncmap_noprobes.cc $(PROBE_HDRS)
+	$(call msg,CXX,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $(BENCH_CFLAGS) -DSYNCMAP_NO_PROBES -c $< -o $@
+
+$(BUILD)/obj/bench/%.o: tools/bench/%.cc $(PROBE_HDRS)
+	$(call msg,CXX,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $(BENCH_CFLAGS) -c $< -o $@
+
+$(MAPBENCH): $(BENCH_OBJS) | $(BUILD)/bench
+	$(call msg,LINK,$@)
+	$(Q)$(CXX) $^ -o $@ $(BENCH_LIBS)
+
+.PHONY: bench bench-run bench-quick bench-quick-run
+bench: deps-auto
+	$(Q)$(MAKE) --no-print-directory bench-run
+
+bench-run: $(MAPBENCH)
+	$(Q)$(MAPBENCH) --memory --json=$(BUILD)/bench/summary.json \
+		--benchmark_out=$(BUILD)/bench/raw.json --benchmark_out_format=json $(BENCH_ARGS)
+
+bench-quick: deps-auto
+	$(Q)$(MAKE) --no-print-directory bench-quick-run
+
+bench-quick-run: $(MAPBENCH)
+	$(Q)$(MAPBENCH) --quick --seconds=0.4 --json=$(BUILD)/bench/summary.json \
+		--benchmark_out=$(BUILD)/bench/raw-quick.json --benchmark_out_format=json $(BENCH_ARGS)
+
+# Benchmarks -- end
 
 # ---------------------------------------------------------------------------
 # Demo, install, clean.

@@ -1,0 +1,208 @@
+#include "commands.h"
+
+#include <unistd.h>
+
+#include <functional>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "preflight.h"
+#include "registry.h"
+#include "report.h"
+#include "target.h"
+#include "tracer.h"
+#include "watch.h"
+
+namespace mapscope {
+namespace {
+
+// What every subcommand sets up, in this order: checks, target, the stop
+// watcher (before attaching, so a Ctrl-C during attach is not lost), the
+// tracer.
+struct Session {
+  Target target;
+  std::unique_ptr<StopWatcher> watcher;
+  std::unique_ptr<Tracer> tracer;
+};
+
+absl::Status CheckEnvironment() {
+  if (absl::Status s = CheckPrivileges(); !s.ok()) return s;
+  return CheckKernel();
+}
+
+absl::Status Attach(const Options& o, Session& s) {
+  absl::StatusOr<std::unique_ptr<StopWatcher>> w = StopWatcher::Create(s.target.pid);
+  if (!w.ok()) return w.status();
+  s.watcher = *std::move(w);
+  absl::StatusOr<std::unique_ptr<Tracer>> t = Tracer::Create(s.target, {.max_maps = o.max_maps});
+  if (!t.ok()) return t.status();
+  s.tracer = *std::move(t);
+  return absl::OkStatus();
+}
+
+struct TraceEnd {
+  absl::Duration traced;
+  StopWatcher::Event event = StopWatcher::Event::kTick;
+};
+
+// Polls every `interval` until `duration` (0: no limit), a signal or the
+// target's exit; then detaches and takes the final poll.
+absl::StatusOr<TraceEnd> Trace(Session& s, absl::Duration duration, absl::Duration interval,
+                               Registry& registry,
+                               const std::function<void(absl::Duration)>& on_tick) {
+  const absl::Time start = absl::Now();
+  const absl::Time deadline =
+      duration > absl::ZeroDuration() ? start + duration : absl::InfiniteFuture();
+  absl::Time next = start + interval;
+  TraceEnd end;
+  for (;;) {
+    end.event = s.watcher->WaitUntil(std::min(next, deadline));
+    if (end.event != StopWatcher::Event::kTick || absl::Now() >= deadline) break;
+    absl::StatusOr<Poll> poll = s.tracer->Read(/*reap_destroyed=*/true);
+    if (!poll.ok()) return poll.status();
+    registry.Add(*poll);
+    if (on_tick) on_tick(absl::Now() - start);
+    next += interval;
+    if (next < absl::Now()) next = absl::Now() + interval;  // we fell behind: skip ticks
+  }
+  // Detach first, read after: the last read then holds every counted event.
+  // (Detaching takes ~0.1-0.3 s per probe, in the kernel's uprobe
+  // unregistration; the window reported ends where detaching starts.)
+  end.traced = absl::Now() - start;
+  s.tracer->Detach();
+  absl::StatusOr<Poll> poll = s.tracer->Read(/*reap_destroyed=*/true);
+  if (!poll.ok()) return poll.status();
+  registry.Add(*poll);
+  return end;
+}
+
+std::string StoppedBy(StopWatcher::Event e) {
+  switch (e) {
+    case StopWatcher::Event::kTick:
+      return "duration";
+    case StopWatcher::Event::kSignal:
+      return "signal";
+    case StopWatcher::Event::kTargetExit:
+      return "target exit";
+  }
+  return "?";
+}
+
+TraceInfo InfoOf(const Session& s, const TraceEnd& end) {
+  TraceInfo info;
+  info.pid = s.target.pid;
+  info.comm = s.target.comm;
+  info.traced = end.traced;
+  info.stopped_by = StoppedBy(end.event);
+  info.probes_attached = s.tracer->attachments().size();
+  info.objects = s.target.objects.size();
+  return info;
+}
+
+absl::StatusOr<Session> Start(const Options& o) {
+  if (absl::Status st = CheckEnvironment(); !st.ok()) return st;
+  Session s;
+  absl::StatusOr<Target> t = ResolveTarget(o.pid);
+  if (!t.ok()) return t.status();
+  s.target = *std::move(t);
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<Verdict> RunTriage(const Options& o, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<Session> s = Start(o);
+  if (!s.ok()) return s.status();
+  if (absl::Status st = Attach(o, *s); !st.ok()) return st;
+  err << absl::StrFormat(
+             "mapscope: tracing pid %d (%s) for %s, %d probes in %d objects... (Ctrl-C to stop "
+             "early)",
+             s->target.pid, s->target.comm, absl::FormatDuration(o.duration),
+             s->tracer->attachments().size(), s->target.objects.size())
+      << std::endl;
+  Registry registry;
+  absl::StatusOr<TraceEnd> end = Trace(*s, o.duration, o.interval, registry, nullptr);
+  if (!end.ok()) return end.status();
+  if (end->event == StopWatcher::Event::kTargetExit) {
+    if (registry.empty()) {
+      return absl::UnavailableError(absl::StrFormat(
+          "pid %d exited after %.1fs before any map fired a probe: nothing to report",
+          s->target.pid, absl::ToDoubleSeconds(end->traced)));
+    }
+    err << absl::StrFormat("mapscope: pid %d exited after %.1fs; reporting what was gathered",
+                           s->target.pid, absl::ToDoubleSeconds(end->traced))
+        << std::endl;
+  }
+  const TriageReport report = BuildTriageReport(registry, InfoOf(*s, *end), CheckOptions{});
+  out << (o.json ? FormatTriageJson(report) : FormatTriageText(report)) << std::flush;
+  return report.verdict;
+}
+
+absl::StatusOr<Verdict> RunTop(const Options& o, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<Session> s = Start(o);
+  if (!s.ok()) return s.status();
+  if (absl::Status st = Attach(o, *s); !st.ok()) return st;
+  const bool tty = ::isatty(STDOUT_FILENO) && &out == &std::cout;
+  Registry registry;
+  TraceEnd progress;
+  auto draw = [&](absl::Duration up) {
+    progress.traced = up;
+    if (tty) out << "\033[H\033[2J";
+    out << FormatTopTable(registry, InfoOf(*s, progress)) << (tty ? "" : "\n") << std::flush;
+  };
+  absl::StatusOr<TraceEnd> end = Trace(*s, o.duration, o.interval, registry, draw);
+  if (!end.ok()) return end.status();
+  if (end->event == StopWatcher::Event::kTargetExit) {
+    err << absl::StrFormat("mapscope: pid %d exited", s->target.pid) << std::endl;
+  }
+  return Verdict::kOk;
+}
+
+absl::StatusOr<Verdict> RunList(const Options& o, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<Session> s = Start(o);
+  if (!s.ok()) return s.status();
+  // Semaphores before we attach: non-zero when another tracer has the probe
+  // on (the kernel counts breakpoints, so it is 1 however many tracers).
+  std::vector<ObjectProbes> objects;
+  for (const ProbeObject& obj : s->target.objects) {
+    ObjectProbes op{&obj, {}};
+    for (const std::string& name : obj.ProbeNames()) {
+      std::optional<uint16_t> value;
+      for (const ProbeSite& site : obj.probes) {
+        if (site.name != name) continue;
+        if (absl::StatusOr<uint16_t> v = ReadSemaphore(s->target.pid, obj, site); v.ok())
+          value = *v;
+        break;
+      }
+      op.semaphores.emplace_back(name, value);
+    }
+    objects.push_back(std::move(op));
+  }
+  if (absl::Status st = Attach(o, *s); !st.ok()) return st;
+  Registry registry;
+  absl::StatusOr<TraceEnd> end = Trace(*s, o.duration, o.interval, registry, nullptr);
+  if (!end.ok()) return end.status();
+  (void)err;
+  out << (o.json ? FormatListJson(s->target, objects, registry)
+                 : FormatListText(s->target, objects, registry))
+      << std::flush;
+  return Verdict::kOk;
+}
+
+absl::StatusOr<Verdict> Run(const Options& o, std::ostream& out, std::ostream& err) {
+  switch (o.command) {
+    case Command::kTriage:
+      return RunTriage(o, out, err);
+    case Command::kTop:
+      return RunTop(o, out, err);
+    case Command::kList:
+      return RunList(o, out, err);
+    case Command::kHelp:
+      out << o.help_text;
+      return Verdict::kOk;
+  }
+  return absl::InternalError("unknown command");
+}
+
+}  // namespace mapscope

@@ -117,8 +117,7 @@ namespace syncmap {
 //
 // A SyncMap's gauges, lifetime counters and health ratios.  Exact when no
 // operation is in flight (each field is read separately, so under load they
-// are individually but not mutually consistent).  An operation that races
-// with Clear() may leave `live`/`tombstones` off by its own effect.
+// are individually but not mutually consistent).
 struct MapStats {
   // Gauges, in entries.
   uint64_t read_len = 0;    // keys in the read map, tombstones included
@@ -158,6 +157,9 @@ namespace sync_map_internal {
 
 // Thread sanitizer cannot see RCU's ordering (membarrier and plain stores),
 // so tell it: every read-side unlock releases, every deferred free acquires.
+// call_rcu() releases too: it orders the retiring thread's writes (e.g. a
+// read map's `owned` list, filled by Compact() outside any read section)
+// before the callback, through liburcu's queue, which TSAN cannot see.
 #if defined(__SANITIZE_THREAD__)
 #define SYNCMAP_TSAN 1
 #elif defined(__has_feature)
@@ -169,11 +171,17 @@ namespace sync_map_internal {
 #ifdef SYNCMAP_TSAN
 extern "C" void __tsan_acquire(void* addr);
 extern "C" void __tsan_release(void* addr);
+extern "C" void __tsan_mutex_pre_lock(void* addr, unsigned flags);
+extern "C" void __tsan_mutex_post_lock(void* addr, unsigned flags, int recursion);
+extern "C" int __tsan_mutex_pre_unlock(void* addr, unsigned flags);
+extern "C" void __tsan_mutex_post_unlock(void* addr, unsigned flags);
 inline char tsan_grace_period;
 inline void TsanReleaseReader() { __tsan_release(&tsan_grace_period); }
+inline void TsanReleaseRetirer() { __tsan_release(&tsan_grace_period); }
 inline void TsanAcquireReclaimer() { __tsan_acquire(&tsan_grace_period); }
 #else
 inline void TsanReleaseReader() {}
+inline void TsanReleaseRetirer() {}
 inline void TsanAcquireReclaimer() {}
 #endif
 
@@ -183,6 +191,16 @@ inline void TsanAcquireReclaimer() {}
 // (through C++'s TLS wrapper check) four times per lock/unlock pair; this is
 // the same protocol (urcu/static/urcu-bp.h, liburcu 0.13) with the pointer
 // read once.  It measured ~1.5 ns cheaper per Load on this machine.
+//
+// It keeps a pointer to the counter, not to the reader: liburcu 0.13 places
+// each struct urcu_bp_reader 32 bytes into a registry chunk, below the
+// 128-byte alignment the struct declares (0.14 fixed the layout), so a
+// member access through the struct pointer is a misaligned access that
+// -fsanitize=alignment aborts on.  `ctr` is the first member and itself
+// 8-byte aligned; reaching it as an unsigned long is well defined.  Stores
+// are CMM_ACCESS_ONCE() statements (what _CMM_STORE_SHARED expands to): the
+// macro's statement expression uses a volatile assignment's result, which
+// clang deprecates in C++20 (-Wdeprecated-volatile).
 class ReadSection {
  public:
   ReadSection() {
@@ -191,28 +209,67 @@ class ReadSection {
       urcu_bp_register();
       r = URCU_TLS(urcu_bp_reader);
     }
-    reader_ = r;
+    unsigned long* const ctr = reinterpret_cast<unsigned long*>(r);
+    ctr_ = ctr;
     cmm_barrier();
-    const unsigned long tmp = r->ctr;
+    const unsigned long tmp = *ctr;
     if (__builtin_expect(!(tmp & URCU_BP_GP_CTR_NEST_MASK), 1)) {
-      _CMM_STORE_SHARED(r->ctr, _CMM_LOAD_SHARED(urcu_bp_gp.ctr));
+      CMM_ACCESS_ONCE(*ctr) = _CMM_LOAD_SHARED(urcu_bp_gp.ctr);
       urcu_bp_smp_mb_slave();
     } else {
-      _CMM_STORE_SHARED(r->ctr, tmp + URCU_BP_GP_COUNT);
+      CMM_ACCESS_ONCE(*ctr) = tmp + URCU_BP_GP_COUNT;
     }
   }
   ~ReadSection() {
     TsanReleaseReader();
-    const unsigned long tmp = reader_->ctr;
+    const unsigned long tmp = *ctr_;
     urcu_bp_smp_mb_slave();
-    _CMM_STORE_SHARED(reader_->ctr, tmp - URCU_BP_GP_COUNT);
+    CMM_ACCESS_ONCE(*ctr_) = tmp - URCU_BP_GP_COUNT;
     cmm_barrier();
   }
   ReadSection(const ReadSection&) = delete;
   ReadSection& operator=(const ReadSection&) = delete;
 
  private:
-  struct urcu_bp_reader* reader_;
+  static_assert(offsetof(struct urcu_bp_reader, ctr) == 0, "ctr must be the reader's first member");
+  unsigned long* ctr_;  // this thread's urcu_bp_reader::ctr
+};
+
+// absl::MutexLock, plus what TSAN needs to know about it.  absl::Mutex tells
+// TSAN about its lock and unlock from mutex.cc, which does so only when
+// Abseil itself is built with TSAN; Debian's libabsl is not, so a TSAN build
+// of the includer sees no ordering between two critical sections and
+// reports every access under the lock as a race.  These are the
+// annotations mutex.cc would make; without TSAN this is absl::MutexLock.
+// Define SYNCMAP_TSAN_ANNOTATE_MUTEX=0 if Abseil itself is built with TSAN.
+#if defined(SYNCMAP_TSAN) && !defined(SYNCMAP_TSAN_ANNOTATE_MUTEX)
+#define SYNCMAP_TSAN_ANNOTATE_MUTEX 1
+#endif
+class ABSL_SCOPED_LOCKABLE MutexLock {
+ public:
+  explicit MutexLock(absl::Mutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) {
+#if SYNCMAP_TSAN_ANNOTATE_MUTEX
+    __tsan_mutex_pre_lock(mu_, 0);
+#endif
+    mu_->Lock();
+#if SYNCMAP_TSAN_ANNOTATE_MUTEX
+    __tsan_mutex_post_lock(mu_, 0, 0);
+#endif
+  }
+  ~MutexLock() ABSL_UNLOCK_FUNCTION() {
+#if SYNCMAP_TSAN_ANNOTATE_MUTEX
+    __tsan_mutex_pre_unlock(mu_, 0);
+#endif
+    mu_->Unlock();
+#if SYNCMAP_TSAN_ANNOTATE_MUTEX
+    __tsan_mutex_post_unlock(mu_, 0);
+#endif
+  }
+  MutexLock(const MutexLock&) = delete;
+  MutexLock& operator=(const MutexLock&) = delete;
+
+ private:
+  absl::Mutex* const mu_;
 };
 
 // Base of everything freed after a grace period; `head` first so an
@@ -352,6 +409,8 @@ class SyncMap {
     std::atomic<bool> amended{false};
     // Entries no newer map holds, freed with this one (filled on retire).
     std::vector<Entry*> owned;
+    // Values Clear() took out of those entries, freed with them.
+    std::vector<Box*> boxes;
   };
 
   // Frees an entry and the value it holds.  Only when no reader can reach it.
@@ -362,9 +421,18 @@ class SyncMap {
   }
 
   // Deferred frees, after an RCU grace period.
-  static void RetireBox(Box* b) { urcu_bp_call_rcu(&b->head, &FreeBoxCb); }
-  static void RetireEntry(Entry* e) { urcu_bp_call_rcu(&e->head, &FreeEntryCb); }
-  static void RetireRead(ReadOnly* r) { urcu_bp_call_rcu(&r->head, &FreeReadCb); }
+  static void RetireBox(Box* b) {
+    sync_map_internal::TsanReleaseRetirer();
+    urcu_bp_call_rcu(&b->head, &FreeBoxCb);
+  }
+  static void RetireEntry(Entry* e) {
+    sync_map_internal::TsanReleaseRetirer();
+    urcu_bp_call_rcu(&e->head, &FreeEntryCb);
+  }
+  static void RetireRead(ReadOnly* r) {
+    sync_map_internal::TsanReleaseRetirer();
+    urcu_bp_call_rcu(&r->head, &FreeReadCb);
+  }
   static void FreeBoxCb(rcu_head* h) {
     sync_map_internal::TsanAcquireReclaimer();
     delete static_cast<Box*>(reinterpret_cast<sync_map_internal::RcuNode*>(h));
@@ -377,6 +445,7 @@ class SyncMap {
     sync_map_internal::TsanAcquireReclaimer();
     auto* r = static_cast<ReadOnly*>(reinterpret_cast<sync_map_internal::RcuNode*>(h));
     for (Entry* e : r->owned) FreeEntryNow(e);
+    for (Box* b : r->boxes) delete b;
     delete r;
   }
 
@@ -518,7 +587,7 @@ SyncMap<K, V, H, E>::~SyncMap() {
   // No operation may be in flight, so nothing is reachable but through us.
   // Boxes, entries and read maps retired earlier are freed by call_rcu and
   // do not refer back to the map.
-  absl::MutexLock lock(&mu_);
+  sync_map_internal::MutexLock lock(&mu_);
   ReadOnly* read = read_.load(std::memory_order_relaxed);
   for (Entry* e : AllEntriesLocked(read)) FreeEntryNow(e);
   delete read;
@@ -605,7 +674,7 @@ inline std::optional<V> SyncMap<K, V, H, E>::Load(const K& key) {
 
 template <typename K, typename V, typename H, typename E>
 typename SyncMap<K, V, H, E>::Entry* SyncMap<K, V, H, E>::LoadMissLocked(const K& key) {
-  absl::MutexLock lock(&mu_);
+  sync_map_internal::MutexLock lock(&mu_);
   // Re-check: a promotion may have moved the key into read while we waited
   // for the lock.
   const ReadOnly* read = read_.load(std::memory_order_relaxed);
@@ -629,7 +698,7 @@ std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
   if (Entry* e = Find(read->m, key); e != nullptr && TrySwap(e, nb, &prev)) {
     NoteStoreIntoReadEntry(prev);
   } else {
-    absl::MutexLock lock(&mu_);
+    sync_map_internal::MutexLock lock(&mu_);
     read = read_.load(std::memory_order_relaxed);
     if (Entry* e = Find(read->m, key)) {
       if (UnexpungeLocked(e)) {
@@ -687,7 +756,7 @@ std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
   ReadOnly* read = read_.load(std::memory_order_acquire);
   if (Entry* e = Find(read->m, key)) result = try_load_or_store(e);
   if (!result) {
-    absl::MutexLock lock(&mu_);
+    sync_map_internal::MutexLock lock(&mu_);
     read = read_.load(std::memory_order_relaxed);
     if (Entry* e = Find(read->m, key)) {
       if (UnexpungeLocked(e)) {
@@ -749,7 +818,7 @@ std::optional<V> SyncMap<K, V, H, E>::LoadAndDelete(const K& key) {
   if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
     Box* prev = nullptr;
     {
-      absl::MutexLock lock(&mu_);
+      sync_map_internal::MutexLock lock(&mu_);
       read = read_.load(std::memory_order_relaxed);
       e = Find(read->m, key);
       if (e == nullptr && read->amended.load(std::memory_order_relaxed)) {
@@ -806,7 +875,7 @@ bool SyncMap<K, V, H, E>::CompareAndSwap(const K& key, const V& old, V new_value
   if (Entry* e = Find(read->m, key)) {
     swapped = try_cas(e);
   } else if (read->amended.load(std::memory_order_acquire)) {
-    absl::MutexLock lock(&mu_);
+    sync_map_internal::MutexLock lock(&mu_);
     read = read_.load(std::memory_order_relaxed);
     if (Entry* e2 = Find(read->m, key)) {
       swapped = try_cas(e2);
@@ -829,7 +898,7 @@ bool SyncMap<K, V, H, E>::CompareAndDelete(const K& key, const V& old) {
   if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
     Box* prev = nullptr;
     {
-      absl::MutexLock lock(&mu_);
+      sync_map_internal::MutexLock lock(&mu_);
       read = read_.load(std::memory_order_relaxed);
       e = Find(read->m, key);
       if (e == nullptr && read->amended.load(std::memory_order_relaxed)) {
@@ -889,7 +958,7 @@ void SyncMap<K, V, H, E>::Range(F&& f) {
   sync_map_internal::ReadSection rs;
   ReadOnly* read = read_.load(std::memory_order_acquire);
   if (read->amended.load(std::memory_order_acquire)) {
-    absl::MutexLock lock(&mu_);
+    sync_map_internal::MutexLock lock(&mu_);
     if (read_.load(std::memory_order_relaxed)->amended.load(std::memory_order_relaxed)) {
       PromoteLocked();
     }
@@ -909,9 +978,27 @@ void SyncMap<K, V, H, E>::Clear() {
   sync_map_internal::ReadSection rs;
   ReadOnly* read = read_.load(std::memory_order_acquire);
   if (read->m.empty() && !read->amended.load(std::memory_order_acquire)) return;
-  absl::MutexLock lock(&mu_);
+  sync_map_internal::MutexLock lock(&mu_);
   read = read_.load(std::memory_order_relaxed);
   read->owned = AllEntriesLocked(read);
+  // Freeze every entry in the expunged state, which only mu_ changes: an
+  // operation still working on the old read map then fails to store into,
+  // delete from or revive an entry (and retries on the new map, or finds
+  // nothing), and live/tombstones are decremented by what each entry held
+  // when frozen rather than reset.  Resetting them to 0 let an operation
+  // whose compare-and-swap landed just before Clear() apply its +-1 after
+  // the reset, leaving them off for good (live wrapping below zero).
+  // Every entry without a value is a read entry: a tombstone.
+  uint64_t live = 0, tombstones = 0;
+  for (Entry* e : read->owned) {
+    Box* b = e->p.exchange(Expunged(), std::memory_order_acq_rel);
+    if (HasValue(b)) {
+      read->boxes.push_back(b);
+      ++live;
+    } else {
+      ++tombstones;
+    }
+  }
   read_.store(new ReadOnly, std::memory_order_release);
   dirty_.reset();
   expunged_list_.clear();
@@ -920,14 +1007,14 @@ void SyncMap<K, V, H, E>::Clear() {
   dirty_len_.store(0, std::memory_order_relaxed);
   dirty_only_.store(0, std::memory_order_relaxed);
   expunged_.store(0, std::memory_order_relaxed);
-  live_.store(0, std::memory_order_relaxed);
-  tombstones_.store(0, std::memory_order_relaxed);
+  live_.fetch_sub(live, std::memory_order_relaxed);
+  tombstones_.fetch_sub(tombstones, std::memory_order_relaxed);
   RetireRead(read);
 }
 
 template <typename K, typename V, typename H, typename E>
 void SyncMap<K, V, H, E>::Compact() {
-  absl::MutexLock lock(&mu_);
+  sync_map_internal::MutexLock lock(&mu_);
   // Entries deleted since the last rebuild sit in dirty as nil: promote
   // first, so the rebuild below expunges them too.
   if (dirty_) PromoteLocked();

@@ -6,10 +6,8 @@
 // polls for one map (registry.h) into the per-interval history the checks
 // read; CheckMap() runs them.
 //
-// The checks are not switched on yet (kHealthChecksEnabled): every map is
-// "ok" and triage exits 0 until the health-check issue wires them in, with
-// a flag per threshold (health::Thresholds) and the heap intervals from the
-// malloc source.
+// Every threshold is a flag (cli.cc); heap_growth also needs the heap
+// samples the commands take each poll (commands.cc, malloc_source.h).
 
 #ifndef MAPSCOPE_AGENT_CHECKS_H_
 #define MAPSCOPE_AGENT_CHECKS_H_
@@ -26,8 +24,8 @@ using Severity = health::Severity;
 using Verdict = health::Verdict;
 using CheckOptions = health::Thresholds;
 
-// Off until the health-check issue turns it on (see the file comment).
-inline constexpr bool kHealthChecksEnabled = false;
+// A switch for the plumbing; the checks are on.
+inline constexpr bool kHealthChecksEnabled = true;
 
 // HistoryOf()
 //
@@ -38,7 +36,7 @@ health::MapHistory HistoryOf(const MapSeries& series);
 
 // CheckMap()
 //
-// The findings for one map (none while kHealthChecksEnabled is false).
+// The findings for one map.
 std::vector<Finding> CheckMap(const MapSeries& series, const CheckOptions& options);
 
 }  // namespace mapscope

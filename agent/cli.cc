@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -23,6 +24,43 @@ struct CommandInfo {
   absl::string_view flags;
   absl::string_view examples;
 };
+
+// The health checks' thresholds (health::Thresholds), one flag each.
+struct ThresholdFlag {
+  absl::string_view name;
+  double health::Thresholds::*field;
+  double min, max;
+};
+constexpr ThresholdFlag kThresholdFlags[] = {
+    {"--leak-valid-ratio", &health::Thresholds::leak_valid_ratio, 0, 1},
+    {"--stale-ratio", &health::Thresholds::stale_ratio, 0, 1},
+    {"--bloat-redundancy", &health::Thresholds::bloat_redundancy, 0, 1e6},
+    {"--bloat-copy-rate", &health::Thresholds::bloat_copy_rate, 0, 1e12},
+    {"--bloat-amplification", &health::Thresholds::bloat_amplification, 0, 1e12},
+    {"--jitter-share", &health::Thresholds::jitter_wall_share, 0, 1},
+    {"--jitter-rate", &health::Thresholds::jitter_rate, 0, 1e12},
+    {"--heap-growth-min", &health::Thresholds::heap_growth_min_bytes, 0, 1e15},
+    {"--heap-explained", &health::Thresholds::heap_explained, 0, 1},
+};
+
+constexpr absl::string_view kCheckFlags =
+    "\nMALLOC AND HEALTH-CHECK FLAGS (triage, top, serve):\n"
+    "      --malloc MODE    malloc counters: auto (the LD_PRELOAD shim if the target has\n"
+    "                       libmapscope_preload.so mapped, else libc uprobes), uprobe,\n"
+    "                       preload, off (default auto)\n"
+    "      --leak-valid-ratio R   leak when live/held stays below R (default 0.7)\n"
+    "      --stale-ratio R        stale_read when tombstones/read_len stays above R (0.3)\n"
+    "      --bloat-redundancy R   dirty_bloat when dirty duplicates > R of live (0.2),\n"
+    "      --bloat-copy-rate N    rebuilds copy >= N entries/s (10000),\n"
+    "      --bloat-amplification N  and >= N entries per new key (64)\n"
+    "      --jitter-p99 D         promotion_jitter when promote/rebuild p99 > D over\n"
+    "                             >= 100 of them (1ms)\n"
+    "      --jitter-share R       or time in them > R of wall time (0.01)\n"
+    "      --jitter-rate N        or > N promotions+rebuilds per second (200)\n"
+    "      --sustain N            intervals a condition must hold (2)\n"
+    "      --min-entries N        maps holding fewer entries are not judged (64)\n"
+    "      --heap-growth-min B    heap growth below B bytes is noise (262144)\n"
+    "      --heap-explained R     heap_growth is critical when dead entries explain R (0.5)\n";
 
 constexpr absl::string_view kCommonFlags =
     "  -p, --pid PID        the process to trace (required)\n"
@@ -53,6 +91,20 @@ const CommandInfo kCommands[] = {
      "      --json           print JSON instead of text\n",
      "  mapscope list --pid 4242\n"
      "  mapscope list --pid 4242 --duration 5s --json\n"},
+    {Command::kRecord, "record",
+     "mapscope record --pid PID [--duration 10s] --folded FILE [--events FILE] [--html FILE]",
+     "Sample PID's CPU stacks and take the stacks of its promote, dirty_rebuild and\n"
+     "(sampled) miss probes; write folded stacks and an interactive flame graph.",
+     kRecordFlagsHelp,
+     "  mapscope record --pid 4242 --duration 30s --folded cpu.folded --html cpu.html\n"
+     "  mapscope record --pid 4242 --events promote.folded --weight duration --frequency 0\n"},
+    {Command::kServe, "serve", "mapscope serve --pid PID [--listen 127.0.0.1:9464]",
+     "Serve PID's per-map counters, gauges, latency histograms, malloc counters and\n"
+     "health checks as Prometheus metrics on http://ADDR:PORT/metrics until Ctrl-C,\n"
+     "SIGTERM or the target's exit.",
+     kServeFlagsHelp,
+     "  mapscope serve --pid 4242\n"
+     "  curl -s 127.0.0.1:9464/metrics | promtool check metrics\n"},
 };
 
 const CommandInfo* FindCommand(absl::string_view name) {
@@ -79,6 +131,8 @@ constexpr absl::string_view kProgramHelp =
     "  triage   trace for a while, then print a per-map summary and a verdict\n"
     "  top      live per-map table until Ctrl-C\n"
     "  list     the probe-bearing objects and the maps seen\n"
+    "  record   CPU and probe stacks as folded stacks and a flame graph\n"
+    "  serve    Prometheus metrics on /metrics\n"
     "\n"
     "Run `mapscope COMMAND --help` for its flags.\n"
     "\n"
@@ -94,7 +148,7 @@ constexpr absl::string_view kProgramHelp =
 absl::Status UsageError(const CommandInfo* cmd, absl::string_view what) {
   if (cmd == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, " (USAGE: mapscope triage|top|list --pid PID ...; see mapscope --help)"));
+        what, " (USAGE: mapscope triage|top|list|record|serve --pid PID ...; see mapscope --help)"));
   }
   return absl::InvalidArgumentError(absl::StrCat(what, " (USAGE: ", cmd->usage, ")"));
 }
@@ -104,8 +158,10 @@ absl::Status UsageError(const CommandInfo* cmd, absl::string_view what) {
 std::string HelpText(Command command) {
   if (command == Command::kHelp) return std::string(kProgramHelp);
   const CommandInfo& c = InfoOf(command);
+  const bool checks =
+      command == Command::kTriage || command == Command::kTop || command == Command::kServe;
   return absl::StrCat(c.summary, "\n\nUSAGE: ", c.usage, "\n\nFLAGS:\n", c.flags, kCommonFlags,
-                      "\nEXAMPLES:\n", c.examples,
+                      checks ? kCheckFlags : "", "\nEXAMPLES:\n", c.examples,
                       "\nEXIT STATUS: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (could not trace).\n");
 }
 
@@ -153,6 +209,9 @@ absl::StatusOr<Options> ParseArgs(int argc, const char* const* argv) {
       break;
     case Command::kList:
       o.duration = absl::Seconds(1);
+      break;
+    case Command::kRecord:
+      o.duration = absl::Seconds(10);
       break;
     default:
       break;
@@ -230,6 +289,54 @@ absl::StatusOr<Options> ParseArgs(int argc, const char* const* argv) {
         return UsageError(cmd, absl::StrFormat("--max-maps %s: must be 1..%d", *v, kMaxMapsLimit));
       }
       o.max_maps = static_cast<uint32_t>(n);
+    } else if (name == "--malloc") {
+      absl::StatusOr<absl::string_view> v = take_value();
+      if (!v.ok()) return v.status();
+      if (*v != "auto" && *v != "uprobe" && *v != "preload" && *v != "off") {
+        return UsageError(cmd, absl::StrCat("--malloc ", *v, ": expected auto, uprobe, preload or off"));
+      }
+      o.malloc_mode = std::string(*v);
+    } else if (name == "--jitter-p99") {
+      absl::StatusOr<absl::string_view> v = take_value();
+      if (!v.ok()) return v.status();
+      absl::StatusOr<absl::Duration> d = ParseDurationFlag(name, *v);
+      if (!d.ok()) return UsageError(cmd, d.status().message());
+      o.thresholds.jitter_p99_ms = absl::ToDoubleMilliseconds(*d);
+    } else if (name == "--sustain" || name == "--min-entries") {
+      absl::StatusOr<absl::string_view> v = take_value();
+      if (!v.ok()) return v.status();
+      uint64_t n;
+      const uint64_t max = name == "--sustain" ? 1000 : (uint64_t{1} << 40);
+      if (!absl::SimpleAtoi(*v, &n) || n > max || (name == "--sustain" && n == 0)) {
+        return UsageError(cmd, absl::StrFormat("%s %s: must be a whole number %s..%d", name, *v,
+                                               name == "--sustain" ? "1" : "0", max));
+      }
+      if (name == "--sustain") {
+        o.thresholds.sustain = static_cast<int>(n);
+      } else {
+        o.thresholds.min_entries = n;
+      }
+    } else if (const ThresholdFlag* tf = [&]() -> const ThresholdFlag* {
+                 for (const ThresholdFlag& f : kThresholdFlags) {
+                   if (f.name == name) return &f;
+                 }
+                 return nullptr;
+               }()) {
+      absl::StatusOr<absl::string_view> v = take_value();
+      if (!v.ok()) return v.status();
+      double x;
+      if (!absl::SimpleAtod(*v, &x) || !(x >= tf->min && x <= tf->max)) {
+        return UsageError(cmd, absl::StrFormat("%s %s: must be a number in [%g, %g]", name, *v,
+                                               tf->min, tf->max));
+      }
+      o.thresholds.*(tf->field) = x;
+    } else if (std::optional<absl::Status> st =
+                   o.command == Command::kRecord ? ParseRecordFlag(name, take_value, o.record)
+                   : o.command == Command::kServe
+                       ? ParseServeFlag(name, take_value, take_bool, o.serve)
+                       : std::nullopt;
+               st.has_value()) {
+      if (!st->ok()) return UsageError(cmd, st->message());
     } else {
       return UsageError(cmd, absl::StrCat("unknown flag '", name, "' for ", cmd->name));
     }
@@ -239,7 +346,11 @@ absl::StatusOr<Options> ParseArgs(int argc, const char* const* argv) {
     return UsageError(cmd, "--interval must be at least 10ms");
   }
   // A one-shot trace shorter than the poll period polls once, at its end.
-  if (o.command != Command::kTop && !have_interval && o.duration < o.interval) {
+  if (o.command == Command::kRecord) {
+    if (absl::Status st = ValidateRecord(o.record); !st.ok()) return UsageError(cmd, st.message());
+  }
+  if (o.command != Command::kTop && o.command != Command::kServe && !have_interval &&
+      o.duration < o.interval) {
     o.interval = o.duration;
   }
   if (o.max_maps == 0) o.max_maps = SYNCMAP_DEFAULT_MAX_MAPS;

@@ -27,10 +27,11 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "checks.h"
+#include "command_options.h"
 
 namespace mapscope {
 
-enum class Command { kHelp, kTriage, kTop, kList };
+enum class Command { kHelp, kTriage, kTop, kList, kRecord, kServe };
 
 struct Options {
   Command command = Command::kHelp;
@@ -41,6 +42,12 @@ struct Options {
   bool json = false;
   bool verbose = false;
   uint32_t max_maps = 0;  // 0 = the BPF side's default
+  // Malloc counters: auto|uprobe|preload|off (agent/malloc_source.h).
+  std::string malloc_mode = "auto";
+  // Health-check thresholds, one flag each (--leak-valid-ratio ...).
+  CheckOptions thresholds;
+  RecordOptions record;  // record's flags (command_options.h)
+  ServeOptions serve;    // serve's flags
 };
 
 // Exit codes.

@@ -4,12 +4,16 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "malloc_source.h"
 #include "preflight.h"
+#include "record.h"
 #include "registry.h"
 #include "report.h"
+#include "serve.h"
 #include "target.h"
 #include "tracer.h"
 #include "watch.h"
@@ -24,20 +28,68 @@ struct Session {
   Target target;
   std::unique_ptr<StopWatcher> watcher;
   std::unique_ptr<Tracer> tracer;
+  std::unique_ptr<MallocSource> malloc;  // null with --malloc=off
+  std::vector<health::HeapInterval> heap;  // one per poll
+  std::optional<MallocCounters> malloc_last;
+  absl::Time heap_start;
 };
+
+// Opens the malloc counters.  With --malloc=auto a target we cannot count
+// (e.g. no shared libc) only loses the heap check, with a warning; an
+// explicit mode that cannot work is an error.
+absl::Status OpenMalloc(const Options& o, Session& s, std::ostream& err) {
+  if (o.malloc_mode == "off") return absl::OkStatus();
+  absl::StatusOr<MallocSource::Mode> mode = MallocSource::ParseMode(o.malloc_mode);
+  if (!mode.ok()) return mode.status();
+  absl::StatusOr<std::unique_ptr<MallocSource>> m =
+      MallocSource::Open(s.target.pid, *mode, o.verbose);
+  if (!m.ok()) {
+    if (*mode != MallocSource::Mode::kAuto) return m.status();
+    err << "mapscope: warning: no malloc counters (" << m.status().message()
+        << "); heap_growth falls back to RSS" << std::endl;
+    return absl::OkStatus();
+  }
+  s.malloc = *std::move(m);
+  return absl::OkStatus();
+}
+
+// One heap sample: malloc counters (if any) and RSS from /proc/PID/statm.
+void SampleHeap(Session& s) {
+  const absl::Time now = absl::Now();
+  health::HeapInterval h;
+  h.t_s = absl::ToDoubleSeconds(now - s.heap_start);
+  h.dt_s = s.heap.empty() ? h.t_s : h.t_s - s.heap.back().t_s;
+  if (s.malloc) {
+    if (absl::StatusOr<MallocCounters> c = s.malloc->Read(); c.ok()) {
+      s.malloc_last = *c;
+      h.outstanding_known = c->known;
+      h.outstanding_bytes = c->outstanding_bytes;
+      h.malloc_lossy = c->drops > 0;
+    }
+  }
+  absl::StatusOr<uint64_t> rss = ReadRss(s.target.pid);
+  if (!rss.ok()) return;  // the target is gone: keep the samples we have
+  h.rss_bytes = *rss;
+  s.heap.push_back(h);
+}
 
 absl::Status CheckEnvironment() {
   if (absl::Status s = CheckPrivileges(); !s.ok()) return s;
   return CheckKernel();
 }
 
-absl::Status Attach(const Options& o, Session& s) {
+absl::Status Attach(const Options& o, Session& s, std::ostream& err) {
   absl::StatusOr<std::unique_ptr<StopWatcher>> w = StopWatcher::Create(s.target.pid);
   if (!w.ok()) return w.status();
   s.watcher = *std::move(w);
   absl::StatusOr<std::unique_ptr<Tracer>> t = Tracer::Create(s.target, {.max_maps = o.max_maps});
   if (!t.ok()) return t.status();
   s.tracer = *std::move(t);
+  if (o.command == Command::kTriage || o.command == Command::kTop) {
+    if (absl::Status st = OpenMalloc(o, s, err); !st.ok()) return st;
+  }
+  s.heap_start = absl::Now();
+  SampleHeap(s);
   return absl::OkStatus();
 }
 
@@ -62,6 +114,7 @@ absl::StatusOr<TraceEnd> Trace(Session& s, absl::Duration duration, absl::Durati
     absl::StatusOr<Poll> poll = s.tracer->Read(/*reap_destroyed=*/true);
     if (!poll.ok()) return poll.status();
     registry.Add(*poll);
+    SampleHeap(s);
     if (on_tick) on_tick(absl::Now() - start);
     next += interval;
     if (next < absl::Now()) next = absl::Now() + interval;  // we fell behind: skip ticks
@@ -70,6 +123,8 @@ absl::StatusOr<TraceEnd> Trace(Session& s, absl::Duration duration, absl::Durati
   // (Detaching takes ~0.1-0.3 s per probe, in the kernel's uprobe
   // unregistration; the window reported ends where detaching starts.)
   end.traced = absl::Now() - start;
+  if (end.event != StopWatcher::Event::kTargetExit) SampleHeap(s);
+  s.malloc.reset();  // detach the malloc probes too
   s.tracer->Detach();
   absl::StatusOr<Poll> poll = s.tracer->Read(/*reap_destroyed=*/true);
   if (!poll.ok()) return poll.status();
@@ -114,7 +169,7 @@ absl::StatusOr<Session> Start(const Options& o) {
 absl::StatusOr<Verdict> RunTriage(const Options& o, std::ostream& out, std::ostream& err) {
   absl::StatusOr<Session> s = Start(o);
   if (!s.ok()) return s.status();
-  if (absl::Status st = Attach(o, *s); !st.ok()) return st;
+  if (absl::Status st = Attach(o, *s, err); !st.ok()) return st;
   err << absl::StrFormat(
              "mapscope: tracing pid %d (%s) for %s, %d probes in %d objects... (Ctrl-C to stop "
              "early)",
@@ -134,7 +189,8 @@ absl::StatusOr<Verdict> RunTriage(const Options& o, std::ostream& out, std::ostr
                            s->target.pid, absl::ToDoubleSeconds(end->traced))
         << std::endl;
   }
-  const TriageReport report = BuildTriageReport(registry, InfoOf(*s, *end), CheckOptions{});
+  const TriageReport report =
+      BuildTriageReport(registry, InfoOf(*s, *end), o.thresholds, s->heap, s->malloc_last);
   out << (o.json ? FormatTriageJson(report) : FormatTriageText(report)) << std::flush;
   return report.verdict;
 }
@@ -142,7 +198,7 @@ absl::StatusOr<Verdict> RunTriage(const Options& o, std::ostream& out, std::ostr
 absl::StatusOr<Verdict> RunTop(const Options& o, std::ostream& out, std::ostream& err) {
   absl::StatusOr<Session> s = Start(o);
   if (!s.ok()) return s.status();
-  if (absl::Status st = Attach(o, *s); !st.ok()) return st;
+  if (absl::Status st = Attach(o, *s, err); !st.ok()) return st;
   const bool tty = ::isatty(STDOUT_FILENO) && &out == &std::cout;
   Registry registry;
   TraceEnd progress;
@@ -179,7 +235,7 @@ absl::StatusOr<Verdict> RunList(const Options& o, std::ostream& out, std::ostrea
     }
     objects.push_back(std::move(op));
   }
-  if (absl::Status st = Attach(o, *s); !st.ok()) return st;
+  if (absl::Status st = Attach(o, *s, err); !st.ok()) return st;
   Registry registry;
   absl::StatusOr<TraceEnd> end = Trace(*s, o.duration, o.interval, registry, nullptr);
   if (!end.ok()) return end.status();
@@ -198,6 +254,10 @@ absl::StatusOr<Verdict> Run(const Options& o, std::ostream& out, std::ostream& e
       return RunTop(o, out, err);
     case Command::kList:
       return RunList(o, out, err);
+    case Command::kRecord:
+      return RunRecord(o, out, err);
+    case Command::kServe:
+      return RunServe(o, out, err);
     case Command::kHelp:
       out << o.help_text;
       return Verdict::kOk;

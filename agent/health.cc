@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 #include <functional>
 
 #include "absl/strings/str_format.h"
@@ -74,9 +75,17 @@ bool BloatHolds(const MapInterval& s, const Thresholds& t) {
   const double copy_rate = static_cast<double>(s.rebuild_copied) / s.dt_s;
   const double amplification =
       static_cast<double>(s.rebuild_copied) / static_cast<double>(std::max<uint64_t>(1, s.store_new));
-  return copy_rate >= t.bloat_copy_rate &&
-         (DirtyRedundancy(s) > t.bloat_redundancy || amplification >= t.bloat_amplification);
+  // Any map that has a dirty map duplicates ~all of read in it (redundancy
+  // ~1), so redundancy alone says nothing: bloat is paying for that copy
+  // often (copy rate) and for few new keys (amplification).
+  return copy_rate >= t.bloat_copy_rate && amplification >= t.bloat_amplification &&
+         DirtyRedundancy(s) > t.bloat_redundancy;
 }
+
+// Promotions + rebuilds a window needs before its p99 means anything.
+// (Fewer, and the p99 is the slowest one or two: a thread preempted while
+// it held the lock on a busy machine, not a pattern.)
+constexpr uint64_t kMinJitterEvents = 100;
 
 bool JitterHolds(const MapInterval& s, const Thresholds& t) {
   if (s.dt_s <= 0) return false;
@@ -186,11 +195,14 @@ std::vector<Finding> CheckMap(const MapHistory& m, const Thresholds& t) {
   // time; either way threads wait on the lock behind them.
   const bool slow = std::max(m.promote_p99_us, m.rebuild_p99_us) > t.jitter_p99_ms * 1000;
   const bool busy = Sustained(iv, n, [&](const MapInterval& s) { return JitterHolds(s, t); });
-  // A slow p99 needs events in at least `n` intervals to be more than a spike.
+  // A slow p99 is a pattern only with enough events, spread over at least
+  // `n` intervals (one rebuild at start-up is not jitter).
   const auto with_events = std::count_if(iv.begin(), iv.end(), [](const MapInterval& s) {
     return s.promotions + s.dirty_rebuilds > 0;
   });
-  if (busy || (slow && with_events >= n)) {
+  uint64_t events = 0;
+  for (const MapInterval& s : iv) events += s.promotions + s.dirty_rebuilds;
+  if (busy || (slow && with_events >= n && events >= kMinJitterEvents)) {
     Finding f = MakeFinding("promotion_jitter", Severity::kWarning, m);
     const Window w = Tail(iv, n);
     const double rate = Ratio(static_cast<double>(w.promotions + w.rebuilds), w.seconds, 0);
@@ -211,81 +223,133 @@ std::vector<Finding> CheckMap(const MapHistory& m, const Thresholds& t) {
   return out;
 }
 
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
                                        const std::vector<HeapInterval>& heap,
                                        const Thresholds& t) {
-  if (heap.size() < 2) return std::nullopt;
-  const HeapInterval& first = heap.front();
-  const HeapInterval& last = heap.back();
-  const bool use_malloc = first.outstanding_known && last.outstanding_known;
-  const double growth = use_malloc
-                            ? static_cast<double>(last.outstanding_bytes - first.outstanding_bytes)
-                            : static_cast<double>(last.rss_bytes) - static_cast<double>(first.rss_bytes);
+  if (heap.size() < 3) return std::nullopt;
+  // Malloc's outstanding bytes when every sample has them; RSS otherwise
+  // (no malloc source, or it lost events: a full pointer table stops
+  // counting new blocks, which would hide exactly the growth we look for).
+  const bool use_malloc = std::all_of(heap.begin(), heap.end(), [](const HeapInterval& h) {
+    return h.outstanding_known && !h.malloc_lossy;
+  });
+  auto bytes = [&](const HeapInterval& h) {
+    return use_malloc ? static_cast<double>(h.outstanding_bytes) : static_cast<double>(h.rss_bytes);
+  };
+  const double growth = bytes(heap.back()) - bytes(heap.front());
   if (growth < t.heap_growth_min_bytes) return std::nullopt;
-  // Steady, not one step: the heap grew in most intervals.
+  // Steady, not one step: the heap grew in most intervals.  Rates are
+  // medians over intervals, so a one-off (start-up, a table doubling) does
+  // not decide the share.
+  std::vector<double> rates;
   int grew = 0;
   for (size_t i = 1; i < heap.size(); ++i) {
-    const double d = use_malloc ? static_cast<double>(heap[i].outstanding_bytes -
-                                                      heap[i - 1].outstanding_bytes)
-                                : static_cast<double>(heap[i].rss_bytes) -
-                                      static_cast<double>(heap[i - 1].rss_bytes);
+    const double dt = heap[i].t_s - heap[i - 1].t_s;
+    if (dt <= 0) continue;
+    const double d = bytes(heap[i]) - bytes(heap[i - 1]);
     if (d > 0) ++grew;
+    rates.push_back(d / dt);
   }
-  if (grew * 2 < static_cast<int>(heap.size() - 1)) return std::nullopt;
+  if (rates.empty() || grew * 2 < static_cast<int>(rates.size())) return std::nullopt;
+  const double rate = Median(rates);
+  if (rate <= 0) return std::nullopt;
 
-  // What the maps' entries explain: dead entries (held - live) cost
-  // entry_bytes each; live ones entry_bytes + value_bytes.
-  double dead_bytes = 0, live_bytes = 0, top_dead = -1;
-  const MapHistory* culprit = nullptr;
-  for (const MapHistory& m : maps) {
-    const MapInterval* a = nullptr;
-    const MapInterval* b = nullptr;
+  // What the maps' entries explain, interval by interval (heap samples and
+  // map samples come from the same polls; matched by time): dead entries
+  // (held - live) cost entry_bytes each, live ones entry_bytes + value_bytes.
+  // The share is the median over the intervals in which the heap grew, so
+  // start-up (mostly live entries) and one-off steps do not decide.
+  auto at = [](const MapHistory& m, double t) -> const MapInterval* {
+    const MapInterval* best = nullptr;
     for (const MapInterval& s : m.intervals) {
       if (!s.seen) continue;
-      if (!a) a = &s;
-      b = &s;
+      if (std::fabs(s.t_s - t) <= 0.5 && (!best || std::fabs(s.t_s - t) < std::fabs(best->t_s - t)))
+        best = &s;
     }
-    if (!a || a == b) continue;
-    auto dead = [](const MapInterval& s) {
-      return static_cast<double>(Held(s)) - static_cast<double>(std::min(Held(s), s.live));
-    };
-    const double d = (dead(*b) - dead(*a)) * static_cast<double>(m.entry_bytes);
-    const double l = (static_cast<double>(b->live) - static_cast<double>(a->live)) *
-                     static_cast<double>(m.entry_bytes + m.value_bytes);
-    dead_bytes += std::max(0.0, d);
-    live_bytes += std::max(0.0, l);
-    if (d > top_dead) {
-      top_dead = d;
-      culprit = &m;
+    return best;
+  };
+  auto dead_bytes = [](const MapHistory& m, const MapInterval* s) {
+    if (!s) return 0.0;
+    return (static_cast<double>(Held(*s)) - static_cast<double>(std::min(Held(*s), s->live))) *
+           static_cast<double>(m.entry_bytes);
+  };
+  auto live_bytes = [](const MapHistory& m, const MapInterval* s) {
+    if (!s) return 0.0;
+    return static_cast<double>(s->live) * static_cast<double>(m.entry_bytes + m.value_bytes);
+  };
+  std::vector<double> dead_shares, live_shares;
+  std::vector<double> map_dead(maps.size(), 0.0);
+  for (size_t i = 1; i < heap.size(); ++i) {
+    const double dh = bytes(heap[i]) - bytes(heap[i - 1]);
+    if (dh <= 0) continue;
+    double dead = 0, live = 0;
+    for (size_t k = 0; k < maps.size(); ++k) {
+      const MapInterval* a = at(maps[k], heap[i - 1].t_s);
+      const MapInterval* b = at(maps[k], heap[i].t_s);
+      if (!b) continue;
+      const double d = dead_bytes(maps[k], b) - dead_bytes(maps[k], a);
+      map_dead[k] += d;
+      dead += d;
+      live += live_bytes(maps[k], b) - live_bytes(maps[k], a);
+    }
+    const double ds = std::clamp(dead / dh, 0.0, 1.0);
+    dead_shares.push_back(ds);
+    live_shares.push_back(std::clamp(live / dh, 0.0, 1.0 - ds));
+  }
+  // What explains the growth now: the median over the latest third of the
+  // intervals it grew in, at least `sustain` of them (attached at start-up,
+  // the first ones are the service filling its maps with live entries).
+  auto recent = [&](std::vector<double> v) {
+    const size_t keep = std::min(v.size(), std::max<size_t>(static_cast<size_t>(std::max(1, t.sustain)),
+                                                            (v.size() + 2) / 3));
+    v.erase(v.begin(), v.end() - static_cast<std::ptrdiff_t>(keep));
+    return v;
+  };
+  const double dead_share = Median(recent(dead_shares));
+  const double live_share = Median(recent(live_shares));
+  const MapHistory* culprit = nullptr;
+  double top_dead = 0;
+  for (size_t k = 0; k < maps.size(); ++k) {
+    if (map_dead[k] > top_dead) {
+      top_dead = map_dead[k];
+      culprit = &maps[k];
     }
   }
-  const double dead_share = std::min(1.0, dead_bytes / growth);
-  const double live_share = std::min(1.0 - dead_share, live_bytes / growth);
-  const double window = last.t_s - first.t_s;
+  const double window = heap.back().t_s - heap.front().t_s;
   Finding f;
   f.check = "heap_growth";
-  if (dead_share >= t.heap_explained && culprit) {
-    f.severity = Severity::kCritical;
+  if (culprit) {
     f.map_addr = culprit->addr;
     f.map_name = culprit->name;
+  }
+  if (dead_share >= t.heap_explained && culprit) {
+    f.severity = Severity::kCritical;
     f.remedy = "the growth is dead map entries: call Compact() on " + Label(*culprit) +
                " (or rebuild it) and bound its key space";
-  } else if (live_share >= t.heap_explained && culprit) {
+  } else if (live_share >= t.heap_explained) {
     f.severity = Severity::kWarning;
     f.remedy = "the maps' live key set grows without bound: bound the key space "
                "(expire keys) or shard the map";
   } else {
     f.severity = Severity::kInfo;
-    f.remedy = "the maps do not explain this growth: look at the service's other allocations "
-               "(mapscope record shows where it allocates)";
+    f.remedy = "the maps do not explain most of this growth: look at the service's other "
+               "allocations";
   }
   f.message = absl::StrFormat(
-      "%s grew %.1f MiB in %.0fs (%.1f MiB/min); dead map entries explain %.0f%% of it, "
-      "live map entries %.0f%%",
-      use_malloc ? "malloc'd bytes" : "RSS", growth / 1048576.0, window,
-      window > 0 ? growth / 1048576.0 / window * 60 : 0.0, 100 * dead_share, 100 * live_share);
+      "%s grew %.1f MiB in %.0fs (typically %.0f KiB/s); dead map entries explain %.0f%% of "
+      "it, live map entries %.0f%% (median over the latest intervals it grew in)",
+      use_malloc ? "malloc'd bytes" : "RSS", growth / 1048576.0, window, rate / 1024, 100 * dead_share,
+      100 * live_share);
   f.numbers = {{"growth_bytes", growth},
                {"window_s", window},
+               {"growth_rate_bytes_per_s", rate},
                {"dead_share", dead_share},
                {"live_share", live_share},
                {"source_malloc", use_malloc ? 1.0 : 0.0}};

@@ -7,8 +7,10 @@
 //
 //   leak              valid_ratio = live / (read_len + dirty_only) < 0.7   critical
 //   stale_read        stale_ratio = tombstones / read_len > 0.3            warning
-//   dirty_bloat       rebuilds copy the read map for few new keys          warning
-//   promotion_jitter  promote/rebuild p99 > 1 ms, > 1% of wall, or a storm warning
+//   dirty_bloat       redundancy > 0.2 and rebuilds copy >= 10k entries/s  warning
+//                     at >= 64 entries per new key
+//   promotion_jitter  promote/rebuild p99 > 1 ms (over >= 100 events), > 1% of warning
+//                     wall time, or a storm of > 200/s
 //   heap_growth       malloc'd bytes grow and the maps' dead entries       critical
 //                     explain it (warning when live entries do)
 //
@@ -56,7 +58,8 @@ struct MapHistory {
 struct HeapInterval {
   double t_s = 0;
   double dt_s = 0;
-  bool outstanding_known = false;  // a malloc source is attached
+  bool outstanding_known = false;  // a malloc source is attached and has data
+  bool malloc_lossy = false;       // ...but it lost events: outstanding is low
   int64_t outstanding_bytes = 0;   // allocated minus freed, since attach
   uint64_t rss_bytes = 0;          // from /proc/PID/statm
 };
@@ -64,15 +67,15 @@ struct HeapInterval {
 struct Thresholds {
   double leak_valid_ratio = 0.7;     // below: leak
   double stale_ratio = 0.3;          // above: stale reads
-  double bloat_redundancy = 0.2;     // dirty duplicates of read / live, above: bloat...
-  double bloat_copy_rate = 10000;    // ...when rebuilds copy at least this many entries/s
-  double bloat_amplification = 64;   // or copy this many entries per new key
+  double bloat_redundancy = 0.2;     // dirty duplicates of read / live above this,
+  double bloat_copy_rate = 10000;    // rebuilds copying at least this many entries/s,
+  double bloat_amplification = 64;   // and this many entries per new key: bloat
   double jitter_p99_ms = 1.0;        // promote/rebuild p99 above: jitter
   double jitter_wall_share = 0.01;   // or time in promote/rebuild over wall time above
   double jitter_rate = 200;          // or promotions + rebuilds per second above
   int sustain = 2;                   // intervals a condition must hold, at the end
   uint64_t min_entries = 64;         // smaller maps are never judged
-  double heap_growth_min_bytes = 1 << 20;  // heap growth below this is noise
+  double heap_growth_min_bytes = 256 << 10;  // heap growth below this is noise
   double heap_explained = 0.5;       // dead entries explaining this share: critical
 };
 
@@ -93,7 +96,10 @@ struct Finding {
 std::vector<Finding> CheckMap(const MapHistory& m, const Thresholds& t);
 
 // heap_growth: correlates the heap's growth over the window with the
-// entries the maps hold.  nullopt when the heap did not grow.
+// entries the maps hold.  nullopt when the heap did not grow steadily by at
+// least heap_growth_min_bytes.  Needs 3 samples.  The share the maps
+// explain is a median over the latest third of the intervals the heap grew
+// in (at least `sustain`), so start-up and one-off steps do not decide.
 std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
                                        const std::vector<HeapInterval>& heap,
                                        const Thresholds& t);

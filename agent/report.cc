@@ -19,9 +19,52 @@ Json OptNumber(const std::optional<double>& v) { return v ? Json(*v) : Json(null
 // A ratio rounded to 4 decimals for JSON (the exact fraction is in the gauges).
 double Round4(double v) { return std::round(v * 1e4) / 1e4; }
 
+// Target-controlled text (map names, and findings that quote them) made
+// safe for a terminal and a line-oriented reader: control characters,
+// backslashes and bytes that are not valid UTF-8 become C-style escapes
+// (\n, \t, \\, \xNN); valid UTF-8 passes through.
+std::string Printable(absl::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    for (size_t k = 1; n > 1 && k < n; ++k) {
+      if (i + k >= s.size() || (static_cast<unsigned char>(s[i + k]) >> 6) != 2) n = 0;
+    }
+    if (n > 1) {
+      out.append(s.data() + i, n);
+      i += n;
+      continue;
+    }
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c >= 0x7f) {
+      out += absl::StrFormat("\\x%02x", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+    ++i;
+  }
+  return out;
+}
+
+// The first `width` bytes of `s`, not cutting a UTF-8 character.
+std::string Fit(const std::string& s, size_t width) {
+  if (s.size() <= width) return s;
+  while (width > 0 && (static_cast<unsigned char>(s[width]) >> 6) == 2) --width;
+  return s.substr(0, width);
+}
+
 std::string DisplayName(const std::string& name, bool has_name) {
   if (!has_name) return "?";
-  return name.empty() ? "(unnamed)" : name;
+  return name.empty() ? "(unnamed)" : Printable(name);
 }
 
 std::string FormatUs(const std::optional<double>& us) {
@@ -74,6 +117,71 @@ std::string DropsLine(const Drops& d) {
   return s;
 }
 
+Json FindingJson(const Finding& f) {
+  Json numbers = Json::object();
+  for (const auto& [k, v] : f.numbers) numbers[k] = std::isfinite(v) ? Json(v) : Json(nullptr);
+  Json j = {{"check", f.check},
+            {"severity", health::SeverityName(f.severity)},
+            {"message", f.message},
+            {"remedy", f.remedy}};
+  if (!f.map_addr.empty()) j["map"] = f.map_addr;
+  j["numbers"] = std::move(numbers);
+  return j;
+}
+
+// The heap over the trace: the malloc counters (since attach) and RSS.
+Json MallocJson(const TriageReport& r) {
+  if (!r.malloc && r.heap.empty()) return nullptr;
+  Json j = Json::object();
+  if (r.malloc) {
+    const MallocCounters& c = *r.malloc;
+    j["source"] = c.source;
+    j["known"] = c.known;
+    j["allocs"] = c.allocs;
+    j["frees"] = c.frees;
+    j["alloc_bytes"] = c.alloc_bytes;
+    j["free_bytes"] = c.free_bytes;
+    j["outstanding_bytes"] = c.outstanding_bytes;
+    j["drops"] = c.drops;
+    j["free_unknown"] = c.free_unknown;
+  } else {
+    j["source"] = "off";
+  }
+  if (!r.heap.empty()) {
+    j["rss_bytes_start"] = r.heap.front().rss_bytes;
+    j["rss_bytes_end"] = r.heap.back().rss_bytes;
+    // The samples heap_growth looked at, one per poll.
+    Json samples = Json::array();
+    for (const health::HeapInterval& h : r.heap) {
+      samples.push_back({{"t_s", std::round(h.t_s * 1000) / 1000},
+                         {"rss_bytes", h.rss_bytes},
+                         {"outstanding_bytes", h.outstanding_known ? Json(h.outstanding_bytes) : Json(nullptr)}});
+    }
+    j["samples"] = std::move(samples);
+  }
+  return j;
+}
+
+std::string MallocLine(const TriageReport& r) {
+  if (!r.malloc) {
+    if (r.heap.empty()) return "heap: not sampled\n";
+    return absl::StrFormat("heap: RSS %.1f -> %.1f MiB (no malloc counters)\n",
+                           r.heap.front().rss_bytes / 1048576.0,
+                           r.heap.back().rss_bytes / 1048576.0);
+  }
+  const MallocCounters& c = *r.malloc;
+  std::string s = absl::StrFormat(
+      "heap (%s): %d allocs, %d frees, %+.1f MiB outstanding since attach", c.source, c.allocs,
+      c.frees, c.outstanding_bytes / 1048576.0);
+  if (!r.heap.empty()) {
+    absl::StrAppend(&s, absl::StrFormat("; RSS %.1f -> %.1f MiB", r.heap.front().rss_bytes / 1048576.0,
+                                        r.heap.back().rss_bytes / 1048576.0));
+  }
+  if (c.drops) absl::StrAppend(&s, absl::StrFormat("; %d malloc events lost", c.drops));
+  if (!c.known) absl::StrAppend(&s, " (no data yet)");
+  return s + "\n";
+}
+
 }  // namespace
 
 std::string HexAddr(uint64_t addr) { return absl::StrFormat("0x%x", addr); }
@@ -100,17 +208,37 @@ MapSummary Summarize(const MapSeries& series, const CheckOptions& options) {
 }
 
 TriageReport BuildTriageReport(const Registry& registry, const TraceInfo& info,
-                               const CheckOptions& options) {
+                               const CheckOptions& options,
+                               const std::vector<health::HeapInterval>& heap,
+                               const std::optional<MallocCounters>& malloc) {
   TriageReport r;
   r.info = info;
   r.drops = registry.drops();
-  std::vector<Finding> all;
+  r.heap = heap;
+  r.malloc = malloc;
+  std::vector<health::MapHistory> histories;
   for (const auto& [key, series] : registry.maps()) {
     if (series.samples.empty()) continue;
     r.maps.push_back(Summarize(series, options));
-    all.insert(all.end(), r.maps.back().findings.begin(), r.maps.back().findings.end());
+    histories.push_back(HistoryOf(series));
+    r.findings.insert(r.findings.end(), r.maps.back().findings.begin(),
+                      r.maps.back().findings.end());
   }
-  r.verdict = health::VerdictOf(all);
+  if (kHealthChecksEnabled) {
+    if (std::optional<Finding> h = health::CheckHeapGrowth(histories, heap, options)) {
+      for (MapSummary& m : r.maps) {
+        if (!h->map_addr.empty() && HexAddr(m.key.addr) == h->map_addr) {
+          m.findings.push_back(*h);
+          break;
+        }
+      }
+      r.findings.push_back(*h);
+    }
+  }
+  std::stable_sort(r.findings.begin(), r.findings.end(), [](const Finding& a, const Finding& b) {
+    return static_cast<int>(a.severity) > static_cast<int>(b.severity);
+  });
+  r.verdict = health::VerdictOf(r.findings);
   return r;
 }
 
@@ -119,7 +247,7 @@ std::string FormatTriageJson(const TriageReport& r) {
   j["verdict"] = health::VerdictName(r.verdict);
   j["pid"] = r.info.pid;
   j["duration_s"] = std::round(absl::ToDoubleSeconds(r.info.traced) * 1000.0) / 1000.0;
-  j["malloc"] = nullptr;  // malloc correlation: not implemented yet
+  j["malloc"] = MallocJson(r);
   Json maps = Json::array();
   for (const MapSummary& m : r.maps) {
     Json e;
@@ -150,12 +278,7 @@ std::string FormatTriageJson(const TriageReport& r) {
     e["rebuild_p50_us"] = OptNumber(m.rebuild_p50_us);
     e["rebuild_p99_us"] = OptNumber(m.rebuild_p99_us);
     Json findings = Json::array();
-    for (const Finding& f : m.findings) {
-      findings.push_back({{"check", f.check},
-                          {"severity", health::SeverityName(f.severity)},
-                          {"message", f.message},
-                          {"remedy", f.remedy}});
-    }
+    for (const Finding& f : m.findings) findings.push_back(FindingJson(f));
     e["findings"] = std::move(findings);
     // Beyond the contract: how this map was traced, and more volume numbers.
     e["incarnation"] = m.key.gen;
@@ -171,18 +294,39 @@ std::string FormatTriageJson(const TriageReport& r) {
     maps.push_back(std::move(e));
   }
   j["maps"] = std::move(maps);
+  Json all = Json::array();
+  for (const Finding& f : r.findings) all.push_back(FindingJson(f));
+  j["findings"] = std::move(all);
   j["drops"] = DropsJson(r.drops);
   j["comm"] = r.info.comm;
   j["stopped_by"] = r.info.stopped_by;
   j["probes_attached"] = r.info.probes_attached;
-  return j.dump(2) + "\n";
+  return j.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
 }
 
 std::string FormatTriageText(const TriageReport& r) {
+  // What a tired person reads first: the verdict and why, then what to do,
+  // then the numbers.
+  const size_t counted = std::count_if(r.findings.begin(), r.findings.end(), [](const Finding& f) {
+    return f.severity != Severity::kInfo;
+  });
   std::string out = absl::StrFormat(
-      "mapscope triage: pid %d (%s), traced %.1fs (stopped by %s), %d maps, verdict %s\n\n",
-      r.info.pid, r.info.comm, absl::ToDoubleSeconds(r.info.traced), r.info.stopped_by,
-      r.maps.size(), absl::AsciiStrToUpper(health::VerdictName(r.verdict)));
+      "%s: %s\n", absl::AsciiStrToUpper(health::VerdictName(r.verdict)),
+      counted == 0 ? std::string("no map problem found")
+                   : absl::StrFormat("%d finding%s", counted, counted == 1 ? "" : "s"));
+  absl::StrAppend(&out, absl::StrFormat(
+                            "pid %d (%s), traced %.1fs (stopped by %s), %d maps\n\n", r.info.pid,
+                            r.info.comm, absl::ToDoubleSeconds(r.info.traced), r.info.stopped_by,
+                            r.maps.size()));
+  for (const Finding& f : r.findings) {
+    std::string where = f.map_name.empty() && f.map_addr.empty()
+                            ? std::string("process")
+                            : (f.map_name.empty() ? f.map_addr : absl::StrCat(Printable(f.map_name), " ", f.map_addr));
+    absl::StrAppend(&out, absl::StrFormat("%-8s %s  (%s)\n", absl::AsciiStrToUpper(health::SeverityName(f.severity)),
+                                          f.check, where));
+    absl::StrAppend(&out, "  what:   ", Printable(f.message), "\n");
+    absl::StrAppend(&out, "  do:     ", Printable(f.remedy), "\n\n");
+  }
   if (r.maps.empty()) {
     absl::StrAppend(&out, "no map fired a probe while traced (idle maps, or none created)\n");
   } else {
@@ -198,7 +342,7 @@ std::string FormatTriageText(const TriageReport& r) {
       absl::StrAppend(
           &out, absl::StrFormat(
                     "%-20s %-14s %8s %7s %8s %8s %8s %8s %8s %8s %8s %6.2f %6.2f %6.2f %8s %8s\n",
-                    name.substr(0, 20), HexAddr(m.key.addr), Compact(m.events.misses),
+                    Fit(name, 20), HexAddr(m.key.addr), Compact(m.events.misses),
                     Compact(m.events.promotions), Compact(m.events.dirty_rebuilds),
                     Compact(m.events.deletes), Compact(m.events.store_new), Compact(g.read_len),
                     Compact(g.dirty_len), Compact(g.live), Compact(g.tombstones), g.ValidRatio(),
@@ -208,15 +352,8 @@ std::string FormatTriageText(const TriageReport& r) {
     absl::StrAppend(&out,
                     "\nevents counted while traced; gauges from each map's latest probe; "
                     "* = destroyed (final state)\n");
-    for (const MapSummary& m : r.maps) {
-      for (const Finding& f : m.findings) {
-        absl::StrAppend(
-            &out, absl::StrFormat("%s %s [%s]: %s; %s\n",
-                                  absl::AsciiStrToUpper(health::SeverityName(f.severity)),
-                                  DisplayName(m.name, m.has_name), f.check, f.message, f.remedy));
-      }
-    }
   }
+  absl::StrAppend(&out, MallocLine(r));
   absl::StrAppend(&out, DropsLine(r.drops), "\n");
   return out;
 }
@@ -270,7 +407,7 @@ std::string FormatTopTable(const Registry& registry, const TraceInfo& info) {
     absl::StrAppend(
         &out,
         absl::StrFormat("%-20s %-14s %8s %7s %7s %8s %8s %8s %8s %8s %6.2f %6.2f %6.2f %8s\n",
-                        r.name.substr(0, 20), HexAddr(r.addr), Rate(r.miss), Rate(r.prom),
+                        Fit(r.name, 20), HexAddr(r.addr), Rate(r.miss), Rate(r.prom),
                         Rate(r.rebuild), Rate(r.del), Compact(r.g.read_len), Compact(r.g.dirty_len),
                         Compact(r.g.live), Compact(r.g.tombstones), r.g.ValidRatio(),
                         r.g.StaleRatio(), r.g.DirtyRedundancy(), FormatUs(r.p99)));
@@ -336,7 +473,7 @@ std::string FormatListJson(const Target& target, const std::vector<ObjectProbes>
   }
   j["maps"] = std::move(maps);
   j["drops"] = DropsJson(registry.drops());
-  return j.dump(2) + "\n";
+  return j.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace mapscope

@@ -16,6 +16,7 @@
 
 #include "absl/time/time.h"
 #include "checks.h"
+#include "malloc_source.h"
 #include "model.h"
 #include "registry.h"
 #include "target.h"
@@ -52,6 +53,11 @@ struct TriageReport {
   Verdict verdict = Verdict::kOk;
   std::vector<MapSummary> maps;  // by address, then incarnation
   Drops drops;
+  // Every finding, most severe first (map findings are also in maps[]).
+  std::vector<Finding> findings;
+  // The heap over the trace and the malloc counters' last reading.
+  std::vector<health::HeapInterval> heap;
+  std::optional<MallocCounters> malloc;
 };
 
 // Summarize()
@@ -62,8 +68,12 @@ MapSummary Summarize(const MapSeries& series, const CheckOptions& options);
 // BuildTriageReport()
 //
 // Every map of the registry summarised, and the overall verdict.
+// heap_growth correlates `heap` (one sample per poll) with every map's
+// entries; it is filed under the map it blames, or process-wide.
 TriageReport BuildTriageReport(const Registry& registry, const TraceInfo& info,
-                               const CheckOptions& options);
+                               const CheckOptions& options,
+                               const std::vector<health::HeapInterval>& heap = {},
+                               const std::optional<MallocCounters>& malloc = std::nullopt);
 
 std::string FormatTriageText(const TriageReport& report);
 std::string FormatTriageJson(const TriageReport& report);

@@ -174,28 +174,27 @@ MapInterval Rebuilding(MapInterval s, uint64_t copied, uint64_t new_keys) {
   return s;
 }
 
-TEST(HealthCheck, DirtyBloatNeedsCopyRateAndAmplification) {
+TEST(HealthCheck, DirtyBloatNeedsRedundancyCopyRateAndAmplification) {
   Thresholds t;
-  // 10000 entries/s copied for one new key: bloat.
-  EXPECT_TRUE(Has(CheckMap(History(Series(3, [](int, MapInterval& s) { s = Rebuilding(s, 10000, 1); })), t),
-                  "dirty_bloat"));
-  // Just under the copy rate: not.
-  EXPECT_FALSE(Has(CheckMap(History(Series(3, [](int, MapInterval& s) { s = Rebuilding(s, 9999, 1); })), t),
-                   "dirty_bloat"));
-  // Plenty copied, but for many new keys (amplification < 64) and no
-  // duplicate in dirty at the sample: churn, not bloat.
-  EXPECT_FALSE(Has(CheckMap(History(Series(3, [](int, MapInterval& s) {
-                                         s = Rebuilding(s, 100000, 100000 / 63);
-                                       })),
-                            t),
-                   "dirty_bloat"));
-  // Same, but dirty duplicates > 20% of live at the sample: bloat.
-  EXPECT_TRUE(Has(CheckMap(History(Series(3, [](int, MapInterval& s) {
-                                        s = Rebuilding(s, 100000, 100000 / 63);
-                                        s.dirty_len = 2001;
-                                      })),
-                           t),
-                  "dirty_bloat"));
+  // Each interval: one rebuild; dirty holds 2001 duplicates of 10000 live
+  // keys (redundancy 0.2001).
+  auto bloat = [&](uint64_t copied, uint64_t new_keys, uint64_t dup) {
+    return Has(CheckMap(History(Series(3, [&](int, MapInterval& s) {
+                          s = Rebuilding(s, copied, new_keys);
+                          s.dirty_len = dup;
+                        })),
+                        t),
+               "dirty_bloat");
+  };
+  EXPECT_TRUE(bloat(10000, 1, 2001));
+  EXPECT_FALSE(bloat(9999, 1, 2001));    // copy rate just under 10000/s
+  EXPECT_FALSE(bloat(10000, 1, 2000));   // redundancy exactly 0.2
+  EXPECT_FALSE(bloat(6400, 100, 2001));  // 64 per new key, but under the copy rate
+  EXPECT_TRUE(bloat(64000, 1000, 2001));          // 64 per new key, 64000/s
+  EXPECT_FALSE(bloat(63999, 1000, 2001));         // 63.999 per new key: churn, not bloat
+  // A map that always has a dirty map (redundancy ~1) and many new keys:
+  // churn, whatever it copies.
+  EXPECT_FALSE(bloat(100000, 100000, 10000));
 }
 
 TEST(HealthCheck, PromotionJitterEdges) {
@@ -216,13 +215,19 @@ TEST(HealthCheck, PromotionJitterEdges) {
   };
   EXPECT_FALSE(Has(rate(200), "promotion_jitter"));
   EXPECT_TRUE(Has(rate(201), "promotion_jitter"));
-  // A slow p99 with events in two intervals: yes; in one: a spike.
-  MapHistory slow = History(Series(3, [](int i, MapInterval& s) { s.promotions = i > 0 ? 1 : 0; }));
+  // A slow p99 over 100 events in two intervals: yes; all in one: a spike.
+  MapHistory slow = History(Series(3, [](int i, MapInterval& s) { s.promotions = i > 0 ? 50 : 0; }));
   slow.promote_p99_us = 1001;
   EXPECT_TRUE(Has(CheckMap(slow, t), "promotion_jitter"));
   slow.intervals[1].promotions = 0;
+  slow.intervals[2].promotions = 100;
   EXPECT_FALSE(Has(CheckMap(slow, t), "promotion_jitter"));
-  slow.intervals[1].promotions = 1;
+  // Fewer than 100 events (start-up, a preempted lock holder): not a pattern.
+  slow.intervals[1].promotions = 49;
+  slow.intervals[2].promotions = 50;
+  EXPECT_FALSE(Has(CheckMap(slow, t), "promotion_jitter"));
+  slow.intervals[1].promotions = 50;
+  EXPECT_TRUE(Has(CheckMap(slow, t), "promotion_jitter"));
   slow.promote_p99_us = 1000;
   EXPECT_FALSE(Has(CheckMap(slow, t), "promotion_jitter"));
 }
@@ -256,6 +261,32 @@ TEST(HealthCheck, HeapGrowthExplainedByDeadEntriesIsCritical) {
   EXPECT_NE(f->message.find("85%"), std::string::npos) << f->message;
 }
 
+TEST(HealthCheck, HeapGrowthRateIsAMedianSoStartUpDoesNotDecide) {
+  // Start-up allocates 200 MB in the first interval; after that the heap
+  // grows 3 MB per interval, all of it dead entries.
+  MapHistory m = History(Series(6, [](int i, MapInterval& s) {
+    s.read_len = 10000;
+    s.dirty_only = 46875 * static_cast<uint64_t>(i);  // 3 MB / 64 B per interval
+    s.live = 10000;
+  }));
+  auto h = Heap(6, 3'000'000);
+  for (size_t i = 1; i < h.size(); ++i) h[i].outstanding_bytes += 200'000'000;
+  auto f = CheckHeapGrowth({m}, h, Thresholds{});
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->severity, Severity::kCritical) << f->message;
+}
+
+TEST(HealthCheck, HeapGrowthUsesRssWhenMallocCountersLostEvents) {
+  auto h = Heap(5, 0);  // malloc says flat (its pointer table is full)...
+  for (size_t i = 0; i < h.size(); ++i) {
+    h[i].malloc_lossy = true;
+    h[i].rss_bytes = 100'000'000 + i * 2'000'000;  // ...RSS grows
+  }
+  auto f = CheckHeapGrowth({History(Series(5, [](int, MapInterval&) {}))}, h, Thresholds{});
+  ASSERT_TRUE(f.has_value());
+  EXPECT_NE(f->message.find("RSS"), std::string::npos);
+}
+
 TEST(HealthCheck, HeapGrowthNotExplainedIsInfo) {
   MapHistory m = History(Series(5, [](int, MapInterval&) {}));
   auto f = CheckHeapGrowth({m}, Heap(5, 3'000'000), Thresholds{});
@@ -267,8 +298,9 @@ TEST(HealthCheck, HeapGrowthNotExplainedIsInfo) {
 TEST(HealthCheck, HeapGrowthEdges) {
   Thresholds t;
   MapHistory m = History(Series(5, [](int, MapInterval&) {}));
-  // Total growth just under 1 MiB: nothing.
-  EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, ((1 << 20) - 4) / 4), t).has_value());
+  // Total growth just under heap_growth_min_bytes (256 KiB): nothing; at it: yes.
+  EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, ((256 << 10) - 4) / 4), t).has_value());
+  EXPECT_TRUE(CheckHeapGrowth({m}, Heap(5, (256 << 10) / 4), t).has_value());
   // A flat heap: nothing; a shrinking one: nothing.
   EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, 0), t).has_value());
   EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, -1'000'000), t).has_value());
@@ -276,8 +308,9 @@ TEST(HealthCheck, HeapGrowthEdges) {
   auto step = Heap(6, 0);
   step[5].outstanding_bytes = 50 << 20;
   EXPECT_FALSE(CheckHeapGrowth({m}, step, t).has_value());
-  // A single sample: nothing.
+  // Fewer than three samples: nothing.
   EXPECT_FALSE(CheckHeapGrowth({m}, Heap(1, 0), t).has_value());
+  EXPECT_FALSE(CheckHeapGrowth({m}, Heap(2, 50 << 20), t).has_value());
 }
 
 TEST(HealthCheck, HeapGrowthFallsBackToRss) {

@@ -89,7 +89,7 @@ ABSL_FLAG(bool, unnamed_map, false,
           "Also run the scenario on one extra map with an empty name.");
 ABSL_FLAG(int64_t, keys, 0,
           "Key space per map: the keys stored at set-up (0 = the scenario's default: "
-          "healthy 10000, leak 400000, stale 50000, bloat 200000, storm 1000, "
+          "healthy 10000, leak 200000, stale 50000, bloat 200000, storm 1000, "
           "churn 10000).");
 ABSL_FLAG(std::string, stats_out, "",
           "At exit, write the pid, scenario, run time, op count and every map's own "
@@ -126,7 +126,7 @@ struct ScenarioInfo {
 };
 
 constexpr ScenarioInfo kScenarios[] = {
-    {"healthy", Scenario::kHealthy, 10000}, {"leak", Scenario::kLeak, 400000},
+    {"healthy", Scenario::kHealthy, 10000}, {"leak", Scenario::kLeak, 200000},
     {"stale", Scenario::kStale, 50000},     {"bloat", Scenario::kBloat, 200000},
     {"storm", Scenario::kStorm, 1000},      {"churn", Scenario::kChurn, 10000},
 };
@@ -304,8 +304,8 @@ class Worker {
   }
 
   // Sessions opened and closed per second, over all threads: slow enough
-  // that the old ids last ~20 s at the default 400k keys, fast enough that
-  // the heap grows ~0.5 MB/s.
+  // that the old ids last ~10 s at the default 200k keys, fast enough that
+  // the heap grows ~0.3 MB/s.
   static constexpr double kLeakSessionsPerSec = 10000;
 
   void Leak() {

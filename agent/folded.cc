@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "text.h"
 
 namespace mapscope {
 namespace {
@@ -17,36 +18,14 @@ namespace {
 constexpr char kMissedUser[] = "[Missed User Stack]";
 constexpr char kMissedKernel[] = "[Missed Kernel Stack]";
 
-// Length of the valid UTF-8 sequence at s[i] (no overlongs, surrogates or
-// code points past U+10FFFF), 0 if invalid.
-size_t Utf8Len(absl::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  size_t n;
-  uint32_t cp;
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-    cp = c & 0x1F;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    cp = c & 0x0F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    cp = c & 0x07;
-  } else {
+// Utf8Len() that also refuses C1 controls (U+0080..U+009F, C2 80..C2 9F):
+// they are controls too, and no frame may carry one.
+size_t FrameUtf8Len(absl::string_view s, size_t i) {
+  const size_t n = Utf8Len(s, i);
+  if (n == 2 && static_cast<unsigned char>(s[i]) == 0xC2 &&
+      static_cast<unsigned char>(s[i + 1]) < 0xA0) {
     return 0;
   }
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(i + k) & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (b(i + k) & 0x3F);
-  }
-  if ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
-    return 0;
-  }
-  // C1 controls (U+0080..U+009F) are controls too.
-  if (n == 2 && cp < 0xA0) return 0;
   return n;
 }
 
@@ -167,7 +146,7 @@ std::string SanitizeMapName(absl::string_view name, size_t max_bytes,
   std::string out;
   size_t cut = 0;  // the longest prefix of whole pieces that leaves room for "..."
   for (size_t i = 0; i < name.size();) {
-    const size_t n = Utf8Len(name, i);
+    const size_t n = FrameUtf8Len(name, i);
     const unsigned char c = static_cast<unsigned char>(name[i]);
     if (n == 0 || (n == 1 && (c < 0x20 || c == 0x7F || c == ';' || c == ' ' || c == '\\' ||
                              c == '"'))) {

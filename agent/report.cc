@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "text.h"
 
 namespace mapscope {
 namespace {
@@ -28,10 +29,7 @@ std::string Printable(absl::string_view s) {
   out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    for (size_t k = 1; n > 1 && k < n; ++k) {
-      if (i + k >= s.size() || (static_cast<unsigned char>(s[i + k]) >> 6) != 2) n = 0;
-    }
+    const size_t n = Utf8Len(s, i);
     if (n > 1) {
       out.append(s.data() + i, n);
       i += n;

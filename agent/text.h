@@ -1,0 +1,24 @@
+// File: text.h
+//
+// Text the target controls (map names) passes through every output: the
+// terminal, JSON, Prometheus labels, folded stacks.  Each output escapes in
+// its own way; they share this UTF-8 check.
+
+#ifndef MAPSCOPE_AGENT_TEXT_H_
+#define MAPSCOPE_AGENT_TEXT_H_
+
+#include <cstddef>
+
+#include "absl/strings/string_view.h"
+
+namespace mapscope {
+
+// Utf8Len()
+//
+// The length of the valid UTF-8 sequence at s[i]: 1 to 4, or 0 when the
+// bytes there are not one (truncated, overlong, a surrogate, past U+10FFFF).
+size_t Utf8Len(absl::string_view s, size_t i);
+
+}  // namespace mapscope
+
+#endif  // MAPSCOPE_AGENT_TEXT_H_

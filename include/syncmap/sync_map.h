@@ -46,7 +46,9 @@
 //              dirty exists, in dirty too.
 //   kExpunged  deleted, and dirty exists and does not hold it.  The entry is
 //              dropped with the read map at the next promotion.
-//   otherwise  a Box holding the current value.
+//   otherwise  a Box holding the current value: for a trivially destructible
+//              V at first the Box embedded in the entry (created with the
+//              key), after a store over it a Box of its own.
 // So a deleted key stays in read, as a tombstone, until a rebuild expunges it
 // and the promotion after that drops it: a map that only deletes never
 // shrinks.  Compact() forces that rebuild + promotion.
@@ -68,6 +70,20 @@
 //   * call_rcu() batches frees on a worker thread, one grace period per
 //     batch, so retire lists stay bounded by the worker's throughput rather
 //     than by when some thread happens to pass a quiescent point.
+// Value boxes, the one thing retired on the common path (every store over a
+// value, every delete), reach call_rcu() in per-thread batches of 64 under
+// one rcu_head: a call_rcu() per box cost an rcu_head in every box and, per
+// store, an enqueue plus a check (a full fence, often a futex wake) for a
+// sleeping worker.  A thread holds at most 63 boxes not yet handed over; it
+// hands them over when its batch fills, when it exits, and when it destroys,
+// clears or compacts a map.  So every value retired by a thread is destroyed
+// after that thread exits or destroys the map, and an RCU barrier; a value
+// retired by a thread that lives on may wait for that thread's batch to fill.
+// When V is trivially destructible (owns nothing), the value a key was
+// created with lives in its entry (one allocation per new key, one pointer
+// chase less per read) and is destroyed with the entry, not when it is
+// stored over or deleted; a V that owns memory always gets a Box of its own,
+// so deleting it frees what it owns after one grace period, as in Go.
 // Link with `pkg-config --libs syncmap` (it names liburcu-bp and Abseil).
 //
 // Probes: see probes/README.md.  They fire on slow paths only: miss, promote,
@@ -89,6 +105,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -109,6 +126,14 @@
 #ifdef SYNCMAP_UNDEF_LGPL_SOURCE_
 #undef _LGPL_SOURCE
 #undef SYNCMAP_UNDEF_LGPL_SOURCE_
+#endif
+
+// Constant-initialised thread_locals need no TLS init guard; C++20 lets us
+// say so (the header itself also builds as C++17).
+#if defined(__cpp_constinit)
+#define SYNCMAP_CONSTINIT constinit
+#else
+#define SYNCMAP_CONSTINIT
 #endif
 
 namespace syncmap {
@@ -136,8 +161,10 @@ struct MapStats {
   uint64_t rebuild_copied = 0;  // entries copied by all rebuilds
 
   // Memory model (bytes, estimated from the allocator's chunk sizes): what a
-  // held entry costs with or without a value (table slot + entry node), and
-  // what its value adds.  Dead entries cost tombstones * entry_bytes.
+  // held entry costs with or without a value (table slot + entry node, which
+  // embeds the value the key was created with when V is trivially
+  // destructible), and what a value in a box of its own adds.  Dead entries
+  // cost tombstones * entry_bytes.
   uint64_t entry_bytes = 0;
   uint64_t value_bytes = 0;
 
@@ -295,6 +322,93 @@ inline uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+// Batched retirement (see "Memory reclamation" above).  Boxes of every
+// SyncMap instantiation share a thread's batch, so an item carries its own
+// deleter.
+inline constexpr uint32_t kRetireBatch = 64;
+
+// Up to kRetireBatch objects retired by one thread, freed together by one
+// call_rcu() callback.  Owned by its thread until handed over, then by
+// liburcu until the callback runs.
+struct RetireBatch : RcuNode {
+  struct Item {
+    void* p;
+    void (*destroy)(void*);
+  };
+  uint32_t n = 0;  // items[0, n) are filled; n < kRetireBatch while open
+  Item items[kRetireBatch];
+};
+
+inline void FreeRetireBatchCb(rcu_head* h) {
+  TsanAcquireReclaimer();
+  auto* b = static_cast<RetireBatch*>(reinterpret_cast<RcuNode*>(h));
+  for (uint32_t i = 0; i < b->n; ++i) b->items[i].destroy(b->items[i].p);
+  delete b;
+}
+
+// The calling thread's open batch; nullptr when it has none.  Trivially
+// destructible and constant-initialized, so the retire path reads it with no
+// TLS guard, and it stays readable while other thread_local destructors and
+// pthread key destructors run at thread exit.
+//
+// fork(): the child gets a copy of the forking thread's open batch.  Its
+// boxes were unlinked before they were retired and the child has no other
+// thread, so no reader there can reach them: the child frees its copies
+// (call_rcu() works in the child: InstallForkHandlersOnce() ran before any
+// box was retired) and the parent frees its own.  The open batches of the
+// parent's other threads are left behind in the child, like everything else
+// those threads owned: their values are never destroyed there (memory only;
+// nothing refers to them).
+SYNCMAP_CONSTINIT inline thread_local RetireBatch* tl_retire_batch = nullptr;
+// Set once this thread's exit flush has run: from then on each retire is
+// handed over at once, since nothing would flush it later.
+SYNCMAP_CONSTINIT inline thread_local bool tl_retire_exited = false;
+
+// Hands this thread's open batch, if any, to call_rcu().
+inline void FlushRetired() {
+  RetireBatch* const b = tl_retire_batch;
+  if (b == nullptr) return;
+  tl_retire_batch = nullptr;
+  // Orders this thread's writes to the items and everything it did before
+  // retiring them (reading the values it returns) before the callback.
+  TsanReleaseRetirer();
+  urcu_bp_call_rcu(&b->head, &FreeRetireBatchCb);
+}
+
+// Flushes the thread's batch when the thread exits.  glibc runs thread_local
+// destructors (__call_tls_dtors) before pthread key destructors, so the
+// thread is still registered with urcu-bp (its key destructor unregisters
+// it) and call_rcu() is as legal here as anywhere; were it not registered,
+// call_rcu()'s own read lock would register it again, as a ReadSection
+// does.  For the main thread this runs at exit() before static destructors,
+// which is why tl_retire_exited exists: a static SyncMap retiring or
+// destroyed after it must not leave boxes in a batch nobody flushes.
+struct RetireBatchExitFlush {
+  ~RetireBatchExitFlush() {
+    tl_retire_exited = true;
+    FlushRetired();
+  }
+};
+inline thread_local RetireBatchExitFlush tl_retire_exit_flush;
+
+// Calls destroy(p) after an RCU grace period that begins after this call.
+inline void RetireLater(void* p, void (*destroy)(void*)) {
+  RetireBatch* b = tl_retire_batch;
+  if (__builtin_expect(b == nullptr, 0)) {
+    // nothrow: the caller has already unlinked p (a store over it or a
+    // delete took effect), so an exception here would report a completed
+    // operation as failed.  Without memory for a batch, p leaks instead.
+    b = new (std::nothrow) RetireBatch;
+    if (b == nullptr) return;
+    // First use of the thread_local with a destructor: registers the exit
+    // flush (once per thread; later uses are a guard check).
+    (void)&tl_retire_exit_flush;
+    tl_retire_batch = b;
+  }
+  b->items[b->n++] = {p, destroy};
+  if (b->n == kRetireBatch || __builtin_expect(tl_retire_exited, 0)) FlushRetired();
+}
+
 }  // namespace sync_map_internal
 
 // SyncMap
@@ -382,22 +496,47 @@ class SyncMap {
   const std::string& name() const { return name_; }
 
  private:
-  struct Box : sync_map_internal::RcuNode {
-    explicit Box(V v) : value(std::move(v)) {}
+  // A value.  No rcu_head: boxes are retired through the thread's batch.
+  struct Box {
+    explicit Box(V v, bool in_entry = false) : value(std::move(v)), embedded(in_entry) {}
     V value;
+    // This is an entry's `first`: freed with the entry, never retired or
+    // deleted on its own.
+    const bool embedded;
   };
 
   // Sentinel for the expunged state; never dereferenced.
   static Box* Expunged() { return reinterpret_cast<Box*>(uintptr_t{1}); }
   static bool HasValue(const Box* p) { return p != nullptr && p != Expunged(); }
 
+  // Whether an entry embeds the value its key was created with.  Only for
+  // values that own nothing (trivially destructible): an embedded value
+  // lives as long as its entry, so for a value owning memory (a string's
+  // buffer, a shared_ptr's target) a deleted key's tombstone would keep that
+  // memory until the tombstone is dropped.  With a Box of its own, a deleted
+  // value is freed one grace period after the delete, as in Go.
+  static constexpr bool kEmbedFirst = std::is_trivially_destructible_v<V>;
+  struct NoFirst {};
+
   // An entry: the slot for one key, shared by read and dirty.
   struct Entry : sync_map_internal::RcuNode {
+    // kEmbedFirst: the first value lives in the entry.
+    explicit Entry(V v) : p(&first), first(std::move(v), /*in_entry=*/true) {}
+    // !kEmbedFirst: the first value is a Box of its own.
     explicit Entry(Box* b) : p(b) {}
     // nullptr = deleted, Expunged() = deleted and absent from dirty,
     // otherwise the value.  Lock-free transitions: value<->value,
     // value->nullptr, nullptr->value.  Only under mu_: nullptr<->expunged.
+    // With kEmbedFirst, points to `first` until the first store over it or
+    // delete, never again after (every later value is a new Box).
     std::atomic<Box*> p;
+    // The value the key was created with, in the entry's own allocation:
+    // a key written once (the workload SyncMap is for) costs one allocation,
+    // and a read hit finds its value next to `p`.  Once stored over or
+    // deleted it is dead but still constructed, readable by readers that
+    // loaded `p` before, and destroyed with the entry (after the grace
+    // period that frees the entry).
+    std::conditional_t<kEmbedFirst, Box, NoFirst> first;
   };
 
   using Table = absl::flat_hash_map<K, Entry*, Hash, Eq>;
@@ -409,22 +548,28 @@ class SyncMap {
     std::atomic<bool> amended{false};
     // Entries no newer map holds, freed with this one (filled on retire).
     std::vector<Entry*> owned;
-    // Values Clear() took out of those entries, freed with them.
+    // Values Clear() took out of those entries, freed with them (embedded
+    // ones excluded: they go with their entries).
     std::vector<Box*> boxes;
   };
 
-  // Frees an entry and the value it holds.  Only when no reader can reach it.
+  // Frees an entry and the value it holds (its embedded box, dead or not,
+  // goes with it).  Only when no reader can reach it.
   static void FreeEntryNow(Entry* e) {
     Box* b = e->p.load(std::memory_order_relaxed);
-    if (HasValue(b)) delete b;
+    if (HasValue(b) && !b->embedded) delete b;
     delete e;
   }
 
-  // Deferred frees, after an RCU grace period.
+  // Deferred frees, after an RCU grace period.  A box goes through the
+  // calling thread's batch (whose hand-over does the TSAN release); an
+  // embedded one is left to its entry, which is retired or freed on its own
+  // and outlives every reader that reached the box through it.
   static void RetireBox(Box* b) {
-    sync_map_internal::TsanReleaseRetirer();
-    urcu_bp_call_rcu(&b->head, &FreeBoxCb);
+    if (b->embedded) return;
+    sync_map_internal::RetireLater(b, &DeleteBox);
   }
+  static void DeleteBox(void* b) { delete static_cast<Box*>(b); }
   static void RetireEntry(Entry* e) {
     sync_map_internal::TsanReleaseRetirer();
     urcu_bp_call_rcu(&e->head, &FreeEntryCb);
@@ -432,10 +577,6 @@ class SyncMap {
   static void RetireRead(ReadOnly* r) {
     sync_map_internal::TsanReleaseRetirer();
     urcu_bp_call_rcu(&r->head, &FreeReadCb);
-  }
-  static void FreeBoxCb(rcu_head* h) {
-    sync_map_internal::TsanAcquireReclaimer();
-    delete static_cast<Box*>(reinterpret_cast<sync_map_internal::RcuNode*>(h));
   }
   static void FreeEntryCb(rcu_head* h) {
     sync_map_internal::TsanAcquireReclaimer();
@@ -530,9 +671,13 @@ class SyncMap {
     const uint64_t c = (n + 8 + 15) / 16 * 16;
     return c < 32 ? 32 : c;
   }
-  // A flat_hash_map slot plus its control byte, at the 7/8 maximum load.
+  // A flat_hash_map slot plus its control byte, at the 7/8 maximum load,
+  // and the entry node, the embedded first value included (kEmbedFirst).
   static constexpr uint64_t kEntryBytes =
       (sizeof(typename Table::value_type) + 1) * 8 / 7 + MallocChunk(sizeof(Entry));
+  // A value in a Box of its own: every value when V owns memory
+  // (!kEmbedFirst); otherwise only values stored over the first (the
+  // embedded one is already counted in kEntryBytes).
   static constexpr uint64_t kValueBytes = MallocChunk(sizeof(Box));
 
   // --- Read side: one cache line readers share and nobody writes often. ---
@@ -591,6 +736,10 @@ SyncMap<K, V, H, E>::~SyncMap() {
   ReadOnly* read = read_.load(std::memory_order_relaxed);
   for (Entry* e : AllEntriesLocked(read)) FreeEntryNow(e);
   delete read;
+  // Hand over the boxes this thread retired, so that the map's destruction
+  // and an RCU barrier destroy them (other threads' boxes go when those
+  // threads exit or fill their batches).
+  sync_map_internal::FlushRetired();
 }
 
 template <typename K, typename V, typename H, typename E>
@@ -691,8 +840,11 @@ typename SyncMap<K, V, H, E>::Entry* SyncMap<K, V, H, E>::LoadMissLocked(const K
 template <typename K, typename V, typename H, typename E>
 std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
   sync_map_internal::ReadSection rs;
-  // Allocated outside the lock; every path below publishes it.
+  // Allocated outside the lock; every path below publishes it, except a new
+  // key's with kEmbedFirst, which moves the value into the new entry and
+  // frees nb unused.
   Box* nb = new Box(std::move(value));
+  Box* unused = nullptr;
   Box* prev = nullptr;
   ReadOnly* read = read_.load(std::memory_order_acquire);
   if (Entry* e = Find(read->m, key); e != nullptr && TrySwap(e, nb, &prev)) {
@@ -715,7 +867,12 @@ std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
       prev = d->p.exchange(nb, std::memory_order_acq_rel);
     } else {
       AmendLocked(read);
-      dirty_->emplace(key, new Entry(nb));
+      if constexpr (kEmbedFirst) {
+        dirty_->emplace(key, new Entry(std::move(nb->value)));
+        unused = nb;
+      } else {
+        dirty_->emplace(key, new Entry(nb));
+      }
       Bump(dirty_len_);
       Bump(dirty_only_);
       Bump(store_new_);
@@ -726,6 +883,7 @@ std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
       }
     }
   }
+  delete unused;  // never published
   if (!HasValue(prev)) return std::nullopt;
   std::optional<V> old(prev->value);
   RetireBox(prev);
@@ -735,7 +893,7 @@ std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
 template <typename K, typename V, typename H, typename E>
 std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
   sync_map_internal::ReadSection rs;
-  Box* nb = nullptr;  // allocated only if we store
+  Box* nb = nullptr;  // allocated only to store into an existing entry
   // Go's tryLoadOrStore: the existing value, or stores ours into a deleted
   // entry.  nullopt when e is expunged (the caller must take the lock).
   auto try_load_or_store = [&](Entry* e) -> std::optional<std::pair<V, bool>> {
@@ -770,9 +928,12 @@ std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
       MissLocked();
     } else {
       AmendLocked(read);
-      if (nb == nullptr) nb = new Box(value);
-      dirty_->emplace(key, new Entry(nb));
-      nb = nullptr;
+      if constexpr (kEmbedFirst) {
+        dirty_->emplace(key, new Entry(value));
+      } else {
+        dirty_->emplace(key, new Entry(nb != nullptr ? nb : new Box(value)));
+        nb = nullptr;
+      }
       Bump(dirty_len_);
       Bump(dirty_only_);
       Bump(store_new_);
@@ -843,6 +1004,8 @@ std::optional<V> SyncMap<K, V, H, E>::LoadAndDelete(const K& key) {
     }
     if (e == nullptr) {
       if (!HasValue(prev)) return std::nullopt;
+      // prev may be d's embedded box: readable still, d was retired within
+      // our read section.
       std::optional<V> old(prev->value);
       RetireBox(prev);
       return old;
@@ -993,7 +1156,7 @@ void SyncMap<K, V, H, E>::Clear() {
   for (Entry* e : read->owned) {
     Box* b = e->p.exchange(Expunged(), std::memory_order_acq_rel);
     if (HasValue(b)) {
-      read->boxes.push_back(b);
+      if (!b->embedded) read->boxes.push_back(b);
       ++live;
     } else {
       ++tombstones;
@@ -1010,6 +1173,9 @@ void SyncMap<K, V, H, E>::Clear() {
   live_.fetch_sub(live, std::memory_order_relaxed);
   tombstones_.fetch_sub(tombstones, std::memory_order_relaxed);
   RetireRead(read);
+  // Clear() and Compact() are how a caller gives memory back: hand over this
+  // thread's retired boxes too rather than leave them for its next 64 stores.
+  sync_map_internal::FlushRetired();
 }
 
 template <typename K, typename V, typename H, typename E>
@@ -1018,6 +1184,7 @@ void SyncMap<K, V, H, E>::Compact() {
   // Entries deleted since the last rebuild sit in dirty as nil: promote
   // first, so the rebuild below expunges them too.
   if (dirty_) PromoteLocked();
+  sync_map_internal::FlushRetired();  // as in Clear()
   if (tombstones_.load(std::memory_order_relaxed) == 0) return;
   DirtyLocked();
   PromoteLocked();

@@ -39,7 +39,7 @@ constexpr ThresholdFlag kThresholdFlags[] = {
     {"--bloat-amplification", &health::Thresholds::bloat_amplification, 0, 1e12},
     {"--jitter-share", &health::Thresholds::jitter_wall_share, 0, 1},
     {"--jitter-rate", &health::Thresholds::jitter_rate, 0, 1e12},
-    {"--heap-growth-min", &health::Thresholds::heap_growth_min_bytes, 0, 1e15},
+    {"--heap-growth-rate", &health::Thresholds::heap_growth_min_rate, 0, 1e15},
     {"--heap-explained", &health::Thresholds::heap_explained, 0, 1},
 };
 
@@ -59,7 +59,8 @@ constexpr absl::string_view kCheckFlags =
     "      --jitter-rate N        or > N promotions+rebuilds per second (200)\n"
     "      --sustain N            intervals a condition must hold (2)\n"
     "      --min-entries N        maps holding fewer entries are not judged (64)\n"
-    "      --heap-growth-min B    heap growth below B bytes is noise (262144)\n"
+    "      --heap-growth-rate B   heap growing at a typical B bytes/s or less is noise\n"
+    "                             (131072)\n"
     "      --heap-explained R     heap_growth is critical when dead entries explain R (0.5)\n";
 
 constexpr absl::string_view kCommonFlags =

@@ -244,7 +244,7 @@ std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
     return use_malloc ? static_cast<double>(h.outstanding_bytes) : static_cast<double>(h.rss_bytes);
   };
   const double growth = bytes(heap.back()) - bytes(heap.front());
-  if (growth < t.heap_growth_min_bytes) return std::nullopt;
+  if (growth <= 0) return std::nullopt;
   // Steady, not one step: the heap grew in most intervals.  Rates are
   // medians over intervals, so a one-off (start-up, a table doubling) does
   // not decide the share.
@@ -258,8 +258,10 @@ std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
     rates.push_back(d / dt);
   }
   if (rates.empty() || grew * 2 < static_cast<int>(rates.size())) return std::nullopt;
+  // The typical rate, not the total: a service filling its maps at start-up
+  // grows a lot once, then stays flat.
   const double rate = Median(rates);
-  if (rate <= 0) return std::nullopt;
+  if (rate <= 0 || rate < t.heap_growth_min_rate) return std::nullopt;
 
   // What the maps' entries explain, interval by interval (heap samples and
   // map samples come from the same polls; matched by time): dead entries

@@ -75,7 +75,7 @@ struct Thresholds {
   double jitter_rate = 200;          // or promotions + rebuilds per second above
   int sustain = 2;                   // intervals a condition must hold, at the end
   uint64_t min_entries = 64;         // smaller maps are never judged
-  double heap_growth_min_bytes = 256 << 10;  // heap growth below this is noise
+  double heap_growth_min_rate = 128 << 10;  // typical growth (B/s) below this is noise
   double heap_explained = 0.5;       // dead entries explaining this share: critical
 };
 
@@ -96,8 +96,8 @@ struct Finding {
 std::vector<Finding> CheckMap(const MapHistory& m, const Thresholds& t);
 
 // heap_growth: correlates the heap's growth over the window with the
-// entries the maps hold.  nullopt when the heap did not grow steadily by at
-// least heap_growth_min_bytes.  Needs 3 samples.  The share the maps
+// entries the maps hold.  nullopt unless the heap grew in most intervals at
+// a typical (median) rate of at least heap_growth_min_rate.  Needs 3 samples.  The share the maps
 // explain is a median over the latest third of the intervals the heap grew
 // in (at least `sustain`), so start-up and one-off steps do not decide.
 std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,

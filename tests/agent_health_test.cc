@@ -168,7 +168,7 @@ TEST(Health, ThresholdFlagsChangeTheVerdict) {
   // heap check): not a leak.
   Outcome o = Triage("leak", 4, {},
                      {"--leak-valid-ratio", "0.1", "--stale-ratio", "0.99", "--malloc", "off",
-                      "--heap-growth-min", "1e12"});
+                      "--heap-growth-rate", "1e12"});
   EXPECT_EQ(Counted(o.report).count("leak"), 0u) << Dump(o);
   EXPECT_EQ(Counted(o.report).count("stale_read"), 0u) << Dump(o);
 }

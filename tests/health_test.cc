@@ -298,9 +298,13 @@ TEST(HealthCheck, HeapGrowthNotExplainedIsInfo) {
 TEST(HealthCheck, HeapGrowthEdges) {
   Thresholds t;
   MapHistory m = History(Series(5, [](int, MapInterval&) {}));
-  // Total growth just under heap_growth_min_bytes (256 KiB): nothing; at it: yes.
-  EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, ((256 << 10) - 4) / 4), t).has_value());
-  EXPECT_TRUE(CheckHeapGrowth({m}, Heap(5, (256 << 10) / 4), t).has_value());
+  // Growing just under heap_growth_min_rate (128 KiB/s): nothing; at it: yes.
+  EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, (128 << 10) - 1), t).has_value());
+  EXPECT_TRUE(CheckHeapGrowth({m}, Heap(5, 128 << 10), t).has_value());
+  // A big start-up, then slow growth: the typical rate decides, not the total.
+  auto startup = Heap(6, 1000);
+  for (size_t i = 1; i < startup.size(); ++i) startup[i].outstanding_bytes += 200'000'000;
+  EXPECT_FALSE(CheckHeapGrowth({m}, startup, t).has_value());
   // A flat heap: nothing; a shrinking one: nothing.
   EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, 0), t).has_value());
   EXPECT_FALSE(CheckHeapGrowth({m}, Heap(5, -1'000'000), t).has_value());

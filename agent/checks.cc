@@ -40,6 +40,25 @@ health::MapHistory HistoryOf(const MapSeries& series) {
     iv.rebuild_copied = d.rebuild_copied;
     iv.promote_ns = d.promote_ns;
     iv.rebuild_ns = d.rebuild_ns;
+    // A last interval much shorter than the one before (the trace ended
+    // just after a poll) is too short to judge rates on: fold it into the
+    // previous one (its events added, its gauges the newest).
+    if (i + 1 == series.samples.size() && h.intervals.size() >= 1 &&
+        iv.dt_s < 0.5 * h.intervals.back().dt_s) {
+      health::MapInterval& prev = h.intervals.back();
+      iv.dt_s += prev.dt_s;
+      iv.misses += prev.misses;
+      iv.promotions += prev.promotions;
+      iv.dirty_rebuilds += prev.dirty_rebuilds;
+      iv.deletes += prev.deletes;
+      iv.store_new += prev.store_new;
+      iv.rebuild_copied += prev.rebuild_copied;
+      iv.promote_ns += prev.promote_ns;
+      iv.rebuild_ns += prev.rebuild_ns;
+      iv.seen = iv.seen || prev.seen;
+      prev = iv;
+      continue;
+    }
     h.intervals.push_back(iv);
   }
   return h;

@@ -128,6 +128,9 @@ absl::StatusOr<TraceEnd> Trace(Session& s, absl::Duration duration, absl::Durati
   s.tracer->Detach();
   absl::StatusOr<Poll> poll = s.tracer->Read(/*reap_destroyed=*/true);
   if (!poll.ok()) return poll.status();
+  // Date it where tracing stopped: the interval it closes covers the traced
+  // time, not the seconds the kernel takes to remove the probes.
+  poll->at = start + end.traced;
   registry.Add(*poll);
   return end;
 }

@@ -70,6 +70,48 @@ Window Tail(const std::vector<MapInterval>& iv, int n) {
   return w;
 }
 
+// The last n intervals as one: events and time summed, the gauges of the
+// one in which dirty duplicated most of read.  Rate conditions on events
+// that happen a few times a second (rebuilds, promotions) are judged on this
+// window: one interval can hold none of them by chance.
+MapInterval LastWindow(const std::vector<MapInterval>& iv, int n) {
+  MapInterval w;
+  const size_t from = iv.size() > static_cast<size_t>(n) ? iv.size() - static_cast<size_t>(n) : 0;
+  bool first = true;
+  for (size_t i = from; i < iv.size(); ++i) {
+    const MapInterval& s = iv[i];
+    if (first || DirtyRedundancy(s) > DirtyRedundancy(w)) {
+      const MapInterval sums = w;
+      w = s;
+      w.dt_s = sums.dt_s, w.misses = sums.misses, w.promotions = sums.promotions;
+      w.dirty_rebuilds = sums.dirty_rebuilds, w.deletes = sums.deletes;
+      w.store_new = sums.store_new, w.rebuild_copied = sums.rebuild_copied;
+      w.promote_ns = sums.promote_ns, w.rebuild_ns = sums.rebuild_ns;
+      first = false;
+    }
+    w.dt_s += s.dt_s;
+    w.misses += s.misses;
+    w.promotions += s.promotions;
+    w.dirty_rebuilds += s.dirty_rebuilds;
+    w.deletes += s.deletes;
+    w.store_new += s.store_new;
+    w.rebuild_copied += s.rebuild_copied;
+    w.promote_ns += s.promote_ns;
+    w.rebuild_ns += s.rebuild_ns;
+    w.seen = w.seen && s.seen;
+  }
+  return w;
+}
+
+// In how many of the last n intervals `holds` is true.
+int CountLast(const std::vector<MapInterval>& iv, int n,
+              const std::function<bool(const MapInterval&)>& holds) {
+  const size_t from = iv.size() > static_cast<size_t>(n) ? iv.size() - static_cast<size_t>(n) : 0;
+  int c = 0;
+  for (size_t i = from; i < iv.size(); ++i) c += holds(iv[i]) ? 1 : 0;
+  return c;
+}
+
 bool BloatHolds(const MapInterval& s, const Thresholds& t) {
   if (s.dt_s <= 0) return false;
   const double copy_rate = static_cast<double>(s.rebuild_copied) / s.dt_s;
@@ -171,7 +213,14 @@ std::vector<Finding> CheckMap(const MapHistory& m, const Thresholds& t) {
   }
 
   // dirty_bloat: rebuilds copy the whole read map for a few new keys.
-  if (Sustained(iv, n, [&](const MapInterval& s) { return big(s) && BloatHolds(s, t); })) {
+  // Rebuilds come a few per second: judged over the last `n` intervals
+  // together, and sustained means rebuilds in at least two of the last n+1
+  // (not one burst).
+  const MapInterval bw = LastWindow(iv, n);
+  const int rebuild_intervals =
+      CountLast(iv, n + 1, [](const MapInterval& s) { return s.dirty_rebuilds > 0; });
+  if (iv.size() >= static_cast<size_t>(n) && bw.seen && big(bw) && BloatHolds(bw, t) &&
+      rebuild_intervals >= std::min(2, n)) {
     Finding f = MakeFinding("dirty_bloat", Severity::kWarning, m);
     const Window w = Tail(iv, n);
     const double copy_rate = Ratio(static_cast<double>(w.copied), w.seconds, 0);
@@ -194,7 +243,10 @@ std::vector<Finding> CheckMap(const MapHistory& m, const Thresholds& t) {
   // promotion_jitter: promotions and rebuilds take long or happen all the
   // time; either way threads wait on the lock behind them.
   const bool slow = std::max(m.promote_p99_us, m.rebuild_p99_us) > t.jitter_p99_ms * 1000;
-  const bool busy = Sustained(iv, n, [&](const MapInterval& s) { return JitterHolds(s, t); });
+  const int event_intervals = CountLast(
+      iv, n + 1, [](const MapInterval& s) { return s.promotions + s.dirty_rebuilds > 0; });
+  const bool busy = iv.size() >= static_cast<size_t>(n) && JitterHolds(LastWindow(iv, n), t) &&
+                    event_intervals >= std::min(2, n);
   // A slow p99 is a pattern only with enough events, spread over at least
   // `n` intervals (one rebuild at start-up is not jitter).
   const auto with_events = std::count_if(iv.begin(), iv.end(), [](const MapInterval& s) {

@@ -224,8 +224,29 @@ TEST(Checks, HistoryOfTurnsPollsIntoIntervals) {
     EXPECT_EQ(h.intervals[i].live, 5u * (i + 1));
     EXPECT_TRUE(h.intervals[i].seen);
   }
-  // Switched off for now: no findings, verdict ok.
+  // A map this small (held < --min-entries) is never judged.
   EXPECT_TRUE(mapscope::CheckMap(r.maps().begin()->second, {}).empty());
+}
+
+TEST(Checks, HistoryOfFoldsAShortLastIntervalIntoThePreviousOne) {
+  mapscope::Registry r(absl::FromUnixSeconds(100));
+  const double at[] = {101, 102, 102.2};  // the trace ended 0.2 s after a poll
+  for (int i = 0; i < 3; ++i) {
+    mapscope::Poll p;
+    p.at = absl::FromUnixSeconds(100) + absl::Seconds(at[i] - 100);
+    mapscope::MapSample m;
+    m.key = {0xbeef, 1};
+    m.has_gauges = true;
+    m.events.dirty_rebuilds = 3u * (i + 1);
+    m.gauges.live = 7u * (i + 1);
+    p.maps.push_back(m);
+    r.Add(p);
+  }
+  const mapscope::health::MapHistory h = mapscope::HistoryOf(r.maps().begin()->second);
+  ASSERT_EQ(h.intervals.size(), 2u);
+  EXPECT_NEAR(h.intervals[1].dt_s, 1.2, 1e-9);
+  EXPECT_EQ(h.intervals[1].dirty_rebuilds, 6u);  // 3 + 3
+  EXPECT_EQ(h.intervals[1].live, 21u);           // the newest gauges
 }
 
 TEST(Report, JsonFollowsTheContract) {

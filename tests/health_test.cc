@@ -197,6 +197,26 @@ TEST(HealthCheck, DirtyBloatNeedsRedundancyCopyRateAndAmplification) {
   EXPECT_FALSE(bloat(100000, 100000, 10000));
 }
 
+TEST(HealthCheck, DirtyBloatIsJudgedOverTheWindowNotPerInterval) {
+  Thresholds t;
+  // Three rebuilds in two seconds, the last interval happens to hold none:
+  // still bloat (40000 entries/s over the window).
+  auto iv = Series(3, [](int i, MapInterval& s) {
+    s = Rebuilding(s, i == 1 ? 80000 : 0, 1);
+    s.dirty_rebuilds = i == 1 ? 3 : 0;
+    s.dirty_len = 5000;
+  });
+  iv[0] = Rebuilding(iv[0], 40000, 1);
+  iv[0].dirty_len = 5000;
+  EXPECT_TRUE(Has(CheckMap(History(iv), t), "dirty_bloat"));
+  // One burst in a single interval, nothing before or after: not sustained.
+  auto burst = Series(4, [](int i, MapInterval& s) {
+    if (i == 2) s = Rebuilding(s, 1000000, 1);
+    s.dirty_len = 5000;
+  });
+  EXPECT_FALSE(Has(CheckMap(History(burst), t), "dirty_bloat"));
+}
+
 TEST(HealthCheck, PromotionJitterEdges) {
   Thresholds t;
   // 1% of wall exactly: not; just above: yes.

@@ -297,29 +297,10 @@ std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
   };
   const double growth = bytes(heap.back()) - bytes(heap.front());
   if (growth <= 0) return std::nullopt;
-  // Steady, not one step: the heap grew in most intervals.  Rates are
-  // medians over intervals, so a one-off (start-up, a table doubling) does
-  // not decide the share.
-  std::vector<double> rates;
-  int grew = 0;
-  for (size_t i = 1; i < heap.size(); ++i) {
-    const double dt = heap[i].t_s - heap[i - 1].t_s;
-    if (dt <= 0) continue;
-    const double d = bytes(heap[i]) - bytes(heap[i - 1]);
-    if (d > 0) ++grew;
-    rates.push_back(d / dt);
-  }
-  if (rates.empty() || grew * 2 < static_cast<int>(rates.size())) return std::nullopt;
-  // The typical rate, not the total: a service filling its maps at start-up
-  // grows a lot once, then stays flat.
-  const double rate = Median(rates);
-  if (rate <= 0 || rate < t.heap_growth_min_rate) return std::nullopt;
 
   // What the maps' entries explain, interval by interval (heap samples and
   // map samples come from the same polls; matched by time): dead entries
   // (held - live) cost entry_bytes each, live ones entry_bytes + value_bytes.
-  // The share is the median over the intervals in which the heap grew, so
-  // start-up (mostly live entries) and one-off steps do not decide.
   auto at = [](const MapHistory& m, double t) -> const MapInterval* {
     const MapInterval* best = nullptr;
     for (const MapInterval& s : m.intervals) {
@@ -338,11 +319,18 @@ std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
     if (!s) return 0.0;
     return static_cast<double>(s->live) * static_cast<double>(m.entry_bytes + m.value_bytes);
   };
-  std::vector<double> dead_shares, live_shares;
+  struct Step {
+    double rate = 0;  // bytes/s
+    double dead_share = 0, live_share = 0;
+  };
+  std::vector<Step> steps;
   std::vector<double> map_dead(maps.size(), 0.0);
   for (size_t i = 1; i < heap.size(); ++i) {
+    const double dt = heap[i].t_s - heap[i - 1].t_s;
+    if (dt <= 0) continue;
     const double dh = bytes(heap[i]) - bytes(heap[i - 1]);
-    if (dh <= 0) continue;
+    Step st;
+    st.rate = dh / dt;
     double dead = 0, live = 0;
     for (size_t k = 0; k < maps.size(); ++k) {
       const MapInterval* a = at(maps[k], heap[i - 1].t_s);
@@ -353,21 +341,30 @@ std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
       dead += d;
       live += live_bytes(maps[k], b) - live_bytes(maps[k], a);
     }
-    const double ds = std::clamp(dead / dh, 0.0, 1.0);
-    dead_shares.push_back(ds);
-    live_shares.push_back(std::clamp(live / dh, 0.0, 1.0 - ds));
+    if (dh > 0) {
+      st.dead_share = std::clamp(dead / dh, 0.0, 1.0);
+      st.live_share = std::clamp(live / dh, 0.0, 1.0 - st.dead_share);
+    }
+    steps.push_back(st);
   }
-  // What explains the growth now: the median over the latest third of the
-  // intervals it grew in, at least `sustain` of them (attached at start-up,
-  // the first ones are the service filling its maps with live entries).
-  auto recent = [&](std::vector<double> v) {
-    const size_t keep = std::min(v.size(), std::max<size_t>(static_cast<size_t>(std::max(1, t.sustain)),
-                                                            (v.size() + 2) / 3));
-    v.erase(v.begin(), v.end() - static_cast<std::ptrdiff_t>(keep));
-    return v;
-  };
-  const double dead_share = Median(recent(dead_shares));
-  const double live_share = Median(recent(live_shares));
+  // Judged on the latest third of the intervals, at least `sustain` of them
+  // (a service attached at start-up fills its maps with live entries first):
+  // the heap grew in each, at a typical (median) rate of at least
+  // heap_growth_min_rate; the shares the maps explain are medians there too.
+  const size_t keep = std::max<size_t>(static_cast<size_t>(std::max(2, t.sustain)),
+                                       (steps.size() + 2) / 3);
+  if (steps.size() < keep) return std::nullopt;
+  std::vector<double> rates, dead_shares, live_shares;
+  for (size_t i = steps.size() - keep; i < steps.size(); ++i) {
+    if (steps[i].rate <= 0) return std::nullopt;
+    rates.push_back(steps[i].rate);
+    dead_shares.push_back(steps[i].dead_share);
+    live_shares.push_back(steps[i].live_share);
+  }
+  const double rate = Median(rates);
+  if (rate < t.heap_growth_min_rate) return std::nullopt;
+  const double dead_share = Median(dead_shares);
+  const double live_share = std::min(1.0 - dead_share, Median(live_shares));
   const MapHistory* culprit = nullptr;
   double top_dead = 0;
   for (size_t k = 0; k < maps.size(); ++k) {
@@ -398,7 +395,7 @@ std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
   }
   f.message = absl::StrFormat(
       "%s grew %.1f MiB in %.0fs (typically %.0f KiB/s); dead map entries explain %.0f%% of "
-      "it, live map entries %.0f%% (median over the latest intervals it grew in)",
+      "it, live map entries %.0f%% (medians over the latest intervals)",
       use_malloc ? "malloc'd bytes" : "RSS", growth / 1048576.0, window, rate / 1024, 100 * dead_share,
       100 * live_share);
   f.numbers = {{"growth_bytes", growth},

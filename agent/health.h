@@ -95,11 +95,11 @@ struct Finding {
 // Findings for one map (leak, stale_read, dirty_bloat, promotion_jitter).
 std::vector<Finding> CheckMap(const MapHistory& m, const Thresholds& t);
 
-// heap_growth: correlates the heap's growth over the window with the
-// entries the maps hold.  nullopt unless the heap grew in most intervals at
-// a typical (median) rate of at least heap_growth_min_rate.  Needs 3 samples.  The share the maps
-// explain is a median over the latest third of the intervals the heap grew
-// in (at least `sustain`), so start-up and one-off steps do not decide.
+// heap_growth: correlates the heap's growth with the entries the maps hold,
+// over the latest third of the intervals (at least `sustain`, at least 2):
+// nullopt unless the heap grew in each of them at a typical (median) rate of
+// at least heap_growth_min_rate.  The shares the maps explain are medians
+// over the same intervals, so start-up and one-off steps do not decide.
 std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
                                        const std::vector<HeapInterval>& heap,
                                        const Thresholds& t);

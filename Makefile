@@ -226,9 +226,11 @@ build-all: $(PROBE_HDRS) $(MAPLOAD) $(MAPSCOPE) $(PRELOAD_SO)
 # when nothing is); `deps` always refreshes and installs.
 
 .PHONY: deps deps-auto
+# With recommends: the set the test suite was run against (BCC's static
+# archive and Prometheus's promtool among what it links and runs).
 deps:
 	apt-get update -q
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PKGS)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PKGS)
 
 deps-auto:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -25,7 +25,8 @@ DTRACE   := dtrace
 DEB_PKGS := build-essential pkg-config clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev \
             systemtap-sdt-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev \
             liburcu-dev libcapstone-dev libbpfcc-dev binutils nlohmann-json3-dev \
-            libtbb-dev libcuckoo-dev libdw-dev libmicrohttpd-dev prometheus
+            libtbb-dev libcuckoo-dev libdw-dev libmicrohttpd-dev prometheus \
+            bpftrace
 
 ifeq ($(V),1)
 Q :=

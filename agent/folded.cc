@@ -252,7 +252,7 @@ FoldedProfile FoldCpu(const StackDump& dump, Symbolizer& sym, const MapNames& na
 }
 
 FoldedProfile FoldEvents(const StackDump& dump, Symbolizer& sym, const MapNames& names,
-                         Weight weight, uint32_t miss_sample) {
+                         Weight weight) {
   FoldedProfile p;
   for (const EventStack& e : dump.events) {
     uint64_t w;
@@ -260,7 +260,7 @@ FoldedProfile FoldEvents(const StackDump& dump, Symbolizer& sym, const MapNames&
       if (e.kind == STACKS_MISS) continue;
       w = e.ns;
     } else {
-      w = e.kind == STACKS_MISS ? e.count * std::max<uint32_t>(miss_sample, 1) : e.count;
+      w = e.count;
     }
     if (w == 0) continue;
     std::vector<std::string> frames;

@@ -79,10 +79,10 @@ FoldedProfile FoldCpu(const StackDump& dump, Symbolizer& symbolizer, const MapNa
 
 // FoldEvents()
 //
-// The event profile of `dump`.  `miss_sample` scales sampled misses back to
-// an estimate of all misses (count weight); duration weight leaves misses out.
+// The event profile of `dump`.  A stacked miss counts the misses it stands
+// for (count weight); duration weight leaves misses out.
 FoldedProfile FoldEvents(const StackDump& dump, Symbolizer& symbolizer, const MapNames& names,
-                         Weight weight, uint32_t miss_sample);
+                         Weight weight);
 
 // FoldTime()
 //

@@ -105,10 +105,9 @@ absl::StatusOr<Verdict> RunRecord(const Options& o, std::ostream& out, std::ostr
   Symbolizer& sym = **symbolizer;
   const FoldedProfile cpu = FoldCpu(*dump, sym, names);
   const FoldedProfile events =
-      FoldEvents(*dump, sym, names, r.weight_duration ? Weight::kDuration : Weight::kCount,
-                 r.miss_sample);
+      FoldEvents(*dump, sym, names, r.weight_duration ? Weight::kDuration : Weight::kCount);
   const FoldedProfile time = FoldTime(
-      cpu, FoldEvents(*dump, sym, names, Weight::kDuration, r.miss_sample), r.frequency);
+      cpu, FoldEvents(*dump, sym, names, Weight::kDuration), r.frequency);
   if (!r.folded_path.empty()) {
     if (absl::Status s = WriteFile(r.folded_path, time.Format(), out); !s.ok()) return s;
   }
@@ -125,7 +124,7 @@ absl::StatusOr<Verdict> RunRecord(const Options& o, std::ostream& out, std::ostr
       "%d CPU samples at %d Hz, %.1f%% inside promotions, %.1f%% inside dirty rebuilds; "
       "%d promotions, %d dirty rebuilds, %d misses (1 in %d stacked) from %d maps",
       cpu.total, r.frequency, Percent(cpu.tagged_promote, cpu.total),
-      Percent(cpu.tagged_rebuild, cpu.total), n_promote, n_rebuild, n_miss * r.miss_sample,
+      Percent(cpu.tagged_rebuild, cpu.total), n_promote, n_rebuild, n_miss,
       r.miss_sample, names.size());
 
   if (!r.html_path.empty()) {

@@ -5,8 +5,10 @@
  * USDT programs on promote, dirty_rebuild and miss take the firing thread's
  * user stack (the probe fires from probes_internal::Fire*, called at the end
  * of SyncMap::PromoteLocked / DirtyLocked / MissLocked, so the stack holds
- * the library's function and its callers).  Misses are frequent: only one in
- * `miss_sample` takes a stack (per CPU, deterministic), and is counted once.
+ * the library's function and its callers).  Misses are frequent: the library
+ * fires `miss` once per batch of misses, and of those hits one per
+ * `miss_sample` misses (per CPU, deterministic) takes a stack, counted with
+ * the number of misses it stands for.
  *
  * A perf-event program samples CPUs at a fixed frequency and keeps the
  * samples of the target's threads (tgid filter: the perf events are per
@@ -54,13 +56,13 @@ struct {
 	__type(value, __u64); /* samples */
 } samples SEC(".maps");
 
-/* Per-CPU countdown of misses to the next sampled one. */
+/* Per-CPU misses since the last stacked one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);
-} miss_countdown SEC(".maps");
+} miss_pending SEC(".maps");
 
 /* Indexed by enum stacks_error; separately for user and kernel stacks. */
 __u64 user_stack_errors[STACKS_ERR_MAX] = {};
@@ -81,7 +83,8 @@ static __always_inline void count_error(__u64 *errors, long err)
 	__sync_fetch_and_add(&errors[i], 1);
 }
 
-static __always_inline void on_event(struct pt_regs *ctx, __u64 map, __u32 kind, __u64 ns)
+static __always_inline void on_event(struct pt_regs *ctx, __u64 map, __u32 kind, __u64 ns,
+				     __u64 count)
 {
 	struct stacks_event_key key = {};
 	struct stacks_event_val zero = {}, *v;
@@ -105,7 +108,7 @@ static __always_inline void on_event(struct pt_regs *ctx, __u64 map, __u32 kind,
 			return;
 		}
 	}
-	__sync_fetch_and_add(&v->count, 1);
+	__sync_fetch_and_add(&v->count, count);
 	if (ns)
 		__sync_fetch_and_add(&v->ns, ns);
 }
@@ -113,7 +116,7 @@ static __always_inline void on_event(struct pt_regs *ctx, __u64 map, __u32 kind,
 SEC("usdt")
 int BPF_USDT(stacks_promote, void *map, void *snap, __u64 duration_ns, __u64 promoted)
 {
-	on_event(ctx, (__u64)map, STACKS_PROMOTE, duration_ns);
+	on_event(ctx, (__u64)map, STACKS_PROMOTE, duration_ns, 1);
 	return 0;
 }
 
@@ -121,26 +124,29 @@ SEC("usdt")
 int BPF_USDT(stacks_dirty_rebuild, void *map, void *snap, __u64 duration_ns, __u64 copied,
 	     __u64 expunged)
 {
-	on_event(ctx, (__u64)map, STACKS_DIRTY_REBUILD, duration_ns);
+	on_event(ctx, (__u64)map, STACKS_DIRTY_REBUILD, duration_ns, 1);
 	return 0;
 }
 
 SEC("usdt")
-int BPF_USDT(stacks_miss, void *map, void *snap)
+int BPF_USDT(stacks_miss, void *map, void *snap, __u64 n)
 {
-	__u32 zero = 0, *left;
+	__u32 zero = 0, *pending;
+	__u64 count;
 
 	if (miss_sample == 0)
 		return 0;
-	left = bpf_map_lookup_elem(&miss_countdown, &zero);
-	if (!left)
+	pending = bpf_map_lookup_elem(&miss_pending, &zero);
+	if (!pending)
 		return 0;
-	if (*left > 1) {
-		(*left)--;
+	/* A writer older than batching passes no n: one miss. */
+	count = (__u64)*pending + (n ? n : 1);
+	if (count < miss_sample) {
+		*pending = count;
 		return 0;
 	}
-	*left = miss_sample;
-	on_event(ctx, (__u64)map, STACKS_MISS, 0);
+	*pending = 0;
+	on_event(ctx, (__u64)map, STACKS_MISS, 0, count);
 	return 0;
 }
 

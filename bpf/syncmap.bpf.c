@@ -189,8 +189,19 @@ enum probe_kind {
 };
 
 /*
+ * Events one hit of a hot probe (miss, delete, store_new) stands for: the
+ * library fires them once per batch.  A writer older than batching has no
+ * such argument (BPF_USDT reads it as 0): one event.
+ */
+static __always_inline __u64 batch(__u64 n)
+{
+	return n ? n : 1;
+}
+
+/*
  * The body every probe shares.  `name` is map_init's name argument (NULL for
- * the other probes); a, b, c are the probe's extra scalars (duration, ...).
+ * the other probes); a, b, c are the probe's extra scalars (duration, ...,
+ * or a hot probe's batch size).
  */
 static __always_inline int on_event(enum probe_kind kind, __u64 map, const void *name,
 				    const void *snap_ptr, __u64 a, __u64 b, __u64 c)
@@ -225,7 +236,7 @@ static __always_inline int on_event(enum probe_kind kind, __u64 map, const void 
 
 	switch (kind) {
 	case P_MISS:
-		__sync_fetch_and_add(&cnt->misses, 1);
+		__sync_fetch_and_add(&cnt->misses, batch(a));
 		break;
 	case P_PROMOTE:
 		__sync_fetch_and_add(&cnt->promotions, 1);
@@ -241,10 +252,10 @@ static __always_inline int on_event(enum probe_kind kind, __u64 map, const void 
 		__sync_fetch_and_add(&st->rebuild_hist[hist_slot(a)], 1);
 		break;
 	case P_DELETE:
-		__sync_fetch_and_add(&cnt->deletes, 1);
+		__sync_fetch_and_add(&cnt->deletes, batch(a));
 		break;
 	case P_STORE_NEW:
-		__sync_fetch_and_add(&cnt->store_new, 1);
+		__sync_fetch_and_add(&cnt->store_new, batch(a));
 		break;
 	case P_MAP_INIT:
 	case P_MAP_DESTROY:
@@ -306,9 +317,9 @@ int BPF_USDT(handle_map_destroy, void *map, void *snap)
 }
 
 SEC("usdt")
-int BPF_USDT(handle_miss, void *map, void *snap)
+int BPF_USDT(handle_miss, void *map, void *snap, __u64 n)
 {
-	return on_event(P_MISS, (__u64)map, NULL, snap, 0, 0, 0);
+	return on_event(P_MISS, (__u64)map, NULL, snap, n, 0, 0);
 }
 
 SEC("usdt")
@@ -325,13 +336,13 @@ int BPF_USDT(handle_dirty_rebuild, void *map, void *snap, __u64 duration_ns, __u
 }
 
 SEC("usdt")
-int BPF_USDT(handle_delete, void *map, void *snap)
+int BPF_USDT(handle_delete, void *map, void *snap, __u64 n)
 {
-	return on_event(P_DELETE, (__u64)map, NULL, snap, 0, 0, 0);
+	return on_event(P_DELETE, (__u64)map, NULL, snap, n, 0, 0);
 }
 
 SEC("usdt")
-int BPF_USDT(handle_store_new, void *map, void *snap)
+int BPF_USDT(handle_store_new, void *map, void *snap, __u64 n)
 {
-	return on_event(P_STORE_NEW, (__u64)map, NULL, snap, 0, 0, 0);
+	return on_event(P_STORE_NEW, (__u64)map, NULL, snap, n, 0, 0);
 }

@@ -296,16 +296,24 @@ TEST(Trace, TooSmallMaxMapsIsReportedAsDrops) {
               dir.File("s.err"));
   ASSERT_EQ(target.Wait(seconds(60)), 0) << target.err();
   const Json report = Finish(scope, 60);
-  ASSERT_EQ(report["maps"].size(), 1u) << report.dump(1);
+  // One slot, two maps: the second gets a slot only if the first was
+  // destroyed and reaped while the second still fired (at exit).
+  ASSERT_GE(report["maps"].size(), 1u) << report.dump(1);
+  ASSERT_LE(report["maps"].size(), 2u) << report.dump(1);
   EXPECT_GT(report["drops"]["map_full"].get<uint64_t>(), 0u);
   EXPECT_EQ(report["drops"]["events_lost"], report["drops"]["map_full"]);
-  // The map that got the slot is still exact.
+  // The map that got the slot first is still exact.
   const Json stats = agent_test::ReadJson(dir.File("stats.json"));
-  const Json& r = report["maps"][0];
-  for (const Json& m : stats["maps"]) {
-    if (m["addr"] != r["map"]) continue;
-    for (const char* k : kEvents) EXPECT_EQ(r[k], m[k]) << k;
+  int exact = 0;
+  for (const Json& r : report["maps"]) {
+    for (const Json& m : stats["maps"]) {
+      if (m["addr"] != r["map"]) continue;
+      bool same = true;
+      for (const char* k : kEvents) same = same && r[k] == m[k];
+      exact += same;
+    }
   }
+  EXPECT_GE(exact, 1) << report.dump(1) << stats.dump(1);
 }
 
 TEST(Trace, SigintStopsReportsAndDetaches) {

@@ -3,10 +3,14 @@
 //   SyncMapReference/*   random operation sequences (fixed seeds) against a
 //                        mutex + unordered_map reference and a structural
 //                        model that predicts every Stats() field exactly;
-//                        typed over key/value types (Go's map_reference_test).
+//                        typed over key/value types, so over every kind of
+//                        entry: inline, boxed, boxed with the first value
+//                        embedded (Go's map_reference_test).
 //   SyncMap.*            scripted semantics and exact Stats() for each
 //                        pattern (tombstones, promotion, rebuild, Compact...).
 //   SyncMapStress.*      >= 4 threads of mixed operations with invariants.
+//   SyncMapFreshness/*   readers racing writers never see a torn, stale or
+//                        never-stored value (inline and boxed values).
 //   SyncMapMemory.*      every value constructed is destroyed exactly once
 //                        after the map and an RCU barrier.
 //
@@ -18,10 +22,14 @@
 #include <urcu/urcu-bp.h>
 
 #include <algorithm>
+#include <malloc.h>
+
+#include <array>
 #include <atomic>
 #include <barrier>
 #include <chrono>
 #include <cstdint>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <optional>
@@ -152,6 +160,39 @@ struct StringConfig {
   static V Value(int i) { return "value-" + std::string(40, 'x') + "-" + std::to_string(i); }
 };
 
+// Smaller than a word, with a padding byte: values inline, copied by bytes.
+struct SmallPod {
+  uint16_t a;
+  uint8_t b;
+  bool operator==(const SmallPod& o) const { return a == o.a && b == o.b; }
+  bool operator<(const SmallPod& o) const { return a != o.a ? a < o.a : b < o.b; }
+};
+static_assert(sizeof(SmallPod) == 4);
+
+struct SmallPodConfig {
+  using K = int;
+  using V = SmallPod;
+  using Hash = absl::Hash<K>;
+  static K Key(int i) { return i; }
+  static V Value(int i) { return SmallPod{static_cast<uint16_t>(i * 3), static_cast<uint8_t>(i)}; }
+};
+
+// Trivially copyable but wider than a word: boxed, the first value embedded
+// in its entry (kEmbedFirst).
+struct WidePod {
+  uint64_t v;
+  uint64_t check;
+  auto operator<=>(const WidePod& o) const = default;
+};
+
+struct WidePodConfig {
+  using K = int64_t;
+  using V = WidePod;
+  using Hash = absl::Hash<K>;
+  static K Key(int i) { return i * 31; }
+  static V Value(int i) { return WidePod{uint64_t(i), ~uint64_t(i)}; }
+};
+
 struct TrackedCollidingConfig {
   using K = int;
   using V = Tracked;
@@ -163,7 +204,10 @@ struct TrackedCollidingConfig {
 template <typename Config>
 class SyncMapReference : public ::testing::Test {};
 
-using Configs = ::testing::Types<IntConfig, StringConfig, TrackedCollidingConfig>;
+// Every kind of entry: values inline (IntConfig, SmallPodConfig), boxed with
+// the first value embedded (WidePodConfig), boxed (StringConfig, Tracked).
+using Configs = ::testing::Types<IntConfig, SmallPodConfig, WidePodConfig, StringConfig,
+                                 TrackedCollidingConfig>;
 TYPED_TEST_SUITE(SyncMapReference, Configs);
 
 // A random call: small key and value spaces so that compares match and
@@ -803,6 +847,116 @@ TEST(SyncMap, LongRandomSequenceOverLargeKeySpace) {
 }
 
 // ---------------------------------------------------------------------------
+// Inline values: a V that is trivially copyable and fits a word lives in
+// its entry.
+
+TEST(SyncMap, InlineValuesCostNoBox) {
+  // value_bytes is what a value adds beyond its entry: nothing when inline.
+  auto value_bytes = [](auto&& m) { return m.Stats().value_bytes; };
+  EXPECT_EQ(value_bytes(SyncMap<int, int>()), 0u);
+  EXPECT_EQ(value_bytes(SyncMap<int64_t, double>()), 0u);
+  EXPECT_EQ(value_bytes(SyncMap<int, SmallPod>()), 0u);
+  EXPECT_EQ(value_bytes(SyncMap<std::string, int*>()), 0u);
+  EXPECT_GT(value_bytes(SyncMap<int, WidePod>()), 0u);
+  EXPECT_GT(value_bytes(SyncMap<int, std::string>()), 0u);
+  // An entry with its value costs no more than a boxed entry without one.
+  using InlineMap = SyncMap<int64_t, uint64_t>;
+  using WideMap = SyncMap<int64_t, WidePod>;
+  EXPECT_LE(InlineMap().Stats().entry_bytes, WideMap().Stats().entry_bytes);
+}
+
+TEST(SyncMap, InlineWritesToExistingKeysAllocateNothing) {
+  // Overwrites, swaps, compare-and-swaps, deletes and revivals of keys in
+  // read change the entry in place: no allocation, nothing retired.
+  SyncMap<int, uint64_t> m;
+  for (int i = 0; i < 64; ++i) m.Store(i, uint64_t(i));
+  m.Range([](const int&, const uint64_t&) { return false; });  // promote
+  m.Delete(0);
+  RcuBarrier();
+  auto heap = [] {
+    const struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+  };
+  const size_t before = heap();
+  for (uint64_t r = 1; r <= 200; ++r) {
+    for (int i = 0; i < 64; ++i) {
+      m.Store(i, r);
+      ASSERT_EQ(m.Swap(i, r + 1), r);
+      ASSERT_TRUE(m.CompareAndSwap(i, r + 1, r + 2));
+      ASSERT_EQ(m.LoadAndDelete(i), r + 2);
+      ASSERT_EQ(m.LoadOrStore(i, r), std::make_pair(r, false));
+      ASSERT_TRUE(m.CompareAndDelete(i, r));
+      m.Store(i, r);
+    }
+  }
+  const size_t after = heap();
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  EXPECT_EQ(after, before) << "bytes allocated by stores into existing keys";
+#else
+  (void)before, (void)after;  // the sanitizers' allocators keep no mallinfo
+#endif
+  const MapStats s = m.Stats();
+  EXPECT_EQ(s.live, 64u);
+  EXPECT_EQ(s.tombstones, 0u);
+  EXPECT_EQ(s.deletes, 1u + 2 * 200 * 64);
+  EXPECT_EQ(s.misses, 0u) << "every operation was a lock-free read hit or write";
+  EXPECT_EQ(s.store_new, 64u);
+}
+
+TEST(SyncMap, InlineCompareUsesValueEquality) {
+  // CompareAndSwap / CompareAndDelete compare with V's ==, as for boxed
+  // values, not bit patterns: -0.0 == 0.0, and NaN matches nothing.
+  SyncMap<int, double> m;
+  m.Store(1, -0.0);
+  m.Store(2, std::nan(""));
+  m.Range([](const int&, const double&) { return false; });
+  EXPECT_TRUE(m.CompareAndSwap(1, 0.0, 1.5));
+  EXPECT_EQ(m.Load(1), 1.5);
+  EXPECT_FALSE(m.CompareAndSwap(2, std::nan(""), 2.5));
+  EXPECT_FALSE(m.CompareAndDelete(2, std::nan("")));
+  EXPECT_TRUE(std::isnan(*m.Load(2)));
+  m.Store(1, 0.0);
+  EXPECT_TRUE(m.CompareAndDelete(1, -0.0));
+  EXPECT_EQ(m.Load(1), std::nullopt);
+  // Small values keep exactly their bytes' worth.
+  SyncMap<int, SmallPod> s;
+  s.Store(1, SmallPod{0xBEEF, 7});
+  EXPECT_EQ(s.Load(1), (SmallPod{0xBEEF, 7}));
+  EXPECT_TRUE(s.CompareAndSwap(1, SmallPod{0xBEEF, 7}, SmallPod{1, 2}));
+  EXPECT_EQ(s.Swap(1, SmallPod{3, 4}), (SmallPod{1, 2}));
+  SyncMap<int, bool> b;
+  EXPECT_EQ(b.LoadOrStore(1, true), std::make_pair(true, false));
+  EXPECT_EQ(b.Swap(1, false), true);
+  EXPECT_EQ(b.Load(1), false);
+}
+
+TEST(SyncMap, InlineEntryStatesFollowGoSemantics) {
+  // The deleted / expunged / unexpunged transitions of an inline entry,
+  // with exact Stats() (the structural model checks the same on random
+  // runs; this is the readable script).
+  IntMap m;
+  FillRead(m, 4);
+  EXPECT_EQ(m.LoadAndDelete(0), 0);  // value -> deleted
+  EXPECT_EQ(m.Stats().tombstones, 1u);
+  m.Store(100, 1);  // rebuild: 0 expunged
+  EXPECT_EQ(m.Stats().expunged, 1u);
+  EXPECT_FALSE(m.CompareAndSwap(0, 0, 5)) << "an expunged entry holds no value";
+  EXPECT_FALSE(m.CompareAndDelete(0, 0));
+  EXPECT_EQ(m.LoadAndDelete(0), std::nullopt);
+  EXPECT_EQ(m.Load(0), std::nullopt);
+  EXPECT_EQ(m.Swap(0, 7), std::nullopt);  // expunged -> deleted (into dirty) -> value
+  MapStats s = m.Stats();
+  EXPECT_EQ(s.expunged, 0u);
+  EXPECT_EQ(s.tombstones, 0u);
+  EXPECT_EQ(s.dirty_len, 5u);
+  EXPECT_EQ(s.live, 5u);
+  EXPECT_EQ(m.Load(0), 7);
+  PromoteViaRange(m);
+  EXPECT_EQ(m.Load(0), 7) << "the revived value survives the promotion";
+  EXPECT_EQ(m.Stats().read_len, 5u);
+}
+
+// ---------------------------------------------------------------------------
 // Concurrency.
 
 using StressMap = SyncMap<int64_t, uint64_t>;
@@ -1200,6 +1354,253 @@ TEST(SyncMapStress, ReadersNeverSeeFreedStrings) {
   std::this_thread::sleep_for(StressTime() / 2);
   stop.store(true);
   for (auto& th : threads) th.join();
+}
+
+// Readers racing writers that overwrite, swap, compare-and-swap, delete and
+// revive values, while another thread drives rebuilds (expunging deleted
+// entries), promotions and Compact().  Each hot key has one writer, which
+// announces the version of every operation before it (`intent`) and
+// publishes it after (`done`; versions only grow).  A Load or Range must
+// return a value that
+//   - was stored: its checksum holds, its key is right, its version is no
+//     later than the latest announced (a torn or never-stored word fails);
+//   - is not stale: no older than the last completed store, and not a value
+//     a completed delete removed;
+// and may report no value only if the last completed operation was a
+// delete, or a later one had begun.  Every writer also CAS-increments a
+// shared counter: none lost, and each reader sees it only grow.
+// Typed over an inline value and a boxed one.
+struct WideValue {
+  uint64_t v;
+  uint64_t check;  // ~v
+  bool operator==(const WideValue& o) const = default;
+};
+
+template <typename V>
+struct FreshCodec {  // uint64_t: the raw word itself
+  static V Make(uint64_t raw) { return raw; }
+  static uint64_t Raw(const V& v) { return v; }
+  static bool Intact(const V&) { return true; }
+};
+template <>
+struct FreshCodec<WideValue> {
+  static WideValue Make(uint64_t raw) { return WideValue{raw, ~raw}; }
+  static uint64_t Raw(const WideValue& v) { return v.v; }
+  static bool Intact(const WideValue& v) { return v.check == ~v.v; }
+};
+
+// raw = key (16 bits) | version (32) | checksum (16).
+uint64_t FreshCheck(uint64_t body) { return ((body * 0x9E3779B97F4A7C15ull) >> 48) ^ 0x5A5A; }
+uint64_t FreshRaw(uint32_t key, uint32_t version) {
+  const uint64_t body = (uint64_t{key} << 48) | (uint64_t{version} << 16);
+  return body | FreshCheck(body);
+}
+bool FreshValid(uint64_t raw, uint32_t key) {
+  return (raw & 0xFFFF) == FreshCheck(raw & ~uint64_t{0xFFFF}) && (raw >> 48) == key;
+}
+uint32_t FreshVersion(uint64_t raw) { return static_cast<uint32_t>(raw >> 16); }
+
+template <typename V>
+class SyncMapFreshness : public ::testing::Test {};
+using FreshValueTypes = ::testing::Types<uint64_t, WideValue>;
+TYPED_TEST_SUITE(SyncMapFreshness, FreshValueTypes);
+
+TYPED_TEST(SyncMapFreshness, ReadersSeeOnlyStoredCurrentValues) {
+  using V = TypeParam;
+  using C = FreshCodec<V>;
+  constexpr int kWriters = 2, kReaders = 2;
+  constexpr uint32_t kHot = 16;         // key k is written by writer k % kWriters
+  constexpr uint32_t kCounter = 60000;  // CAS-incremented by every writer
+  struct alignas(64) KeyLog {
+    std::atomic<uint64_t> intent{1};        // version of the latest operation begun
+    std::atomic<uint64_t> done{uint64_t{1} << 1};  // version << 1 | deleted, of the latest done
+  };
+  std::array<KeyLog, kHot> log;
+  SyncMap<uint32_t, V> m("fresh");
+  for (uint32_t k = 0; k < kHot; ++k) m.Store(k, C::Make(FreshRaw(k, 1)));
+  m.Store(kCounter, C::Make(0));
+  m.Range([](const uint32_t&, const V&) { return false; });
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  auto fail = [&](const std::string& what) {
+    if (failures.fetch_add(1) < 10) ADD_FAILURE() << what;
+  };
+  // One observation of key k: `done` loaded before the read, `intent` after.
+  auto check = [&](uint32_t k, uint64_t done, const std::optional<V>& got, uint64_t intent) {
+    const uint32_t dv = static_cast<uint32_t>(done >> 1);
+    const bool deleted = (done & 1) != 0;
+    if (!got) {
+      if (!deleted && intent == dv) {
+        fail("key " + std::to_string(k) + ": no value, yet version " + std::to_string(dv) +
+             " was stored and nothing followed");
+      }
+      return;
+    }
+    const uint64_t raw = C::Raw(*got);
+    const uint32_t v = FreshVersion(raw);
+    if (!C::Intact(*got) || !FreshValid(raw, k)) {
+      fail("key " + std::to_string(k) + ": a value never stored: " + std::to_string(raw));
+    } else if (v > intent) {
+      fail("key " + std::to_string(k) + ": version " + std::to_string(v) +
+           " before its store began (latest " + std::to_string(intent) + ")");
+    } else if (v < dv || (deleted && v == dv)) {
+      fail("key " + std::to_string(k) + ": stale version " + std::to_string(v) +
+           " after version " + std::to_string(dv) + (deleted ? " deleted it" : " was stored"));
+    }
+  };
+
+  std::atomic<uint64_t> increments{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&, w] {
+      std::mt19937_64 rng(w + 1);
+      std::array<std::optional<uint64_t>, kHot> cur;  // own keys' raw values
+      std::array<uint32_t, kHot> ver{};
+      for (uint32_t k = w; k < kHot; k += kWriters) cur[k] = FreshRaw(k, 1), ver[k] = 1;
+      auto raw_of = [](const std::optional<V>& v) -> std::optional<uint64_t> {
+        if (!v) return std::nullopt;
+        return C::Raw(*v);
+      };
+      uint64_t incs = 0;
+      while (!stop.load(std::memory_order_relaxed) && failures.load() == 0) {
+        const uint32_t k = static_cast<uint32_t>(rng() % (kHot / kWriters)) * kWriters + w;
+        const int op = static_cast<int>(rng() % 9);
+        if (op == 8) {
+          for (;;) {
+            const std::optional<V> c = m.Load(kCounter);
+            if (!c) {
+              fail("the counter vanished");
+              return;
+            }
+            if (m.CompareAndSwap(kCounter, *c, C::Make(C::Raw(*c) + 1))) break;
+          }
+          ++incs;
+          continue;
+        }
+        const uint32_t nv = ver[k] + 1;
+        const uint64_t next = FreshRaw(k, nv);
+        log[k].intent.store(nv, std::memory_order_release);
+        bool changed = true, deleted = false;
+        switch (op) {
+          case 0:
+            m.Store(k, C::Make(next));
+            break;
+          case 1:
+            if (raw_of(m.Swap(k, C::Make(next))) != cur[k]) fail("Swap returned a wrong value");
+            break;
+          case 2:
+            if (cur[k]) {
+              if (!m.CompareAndSwap(k, C::Make(*cur[k]), C::Make(next))) fail("CAS failed");
+            } else {
+              changed = false;
+              if (m.CompareAndSwap(k, C::Make(FreshRaw(k, ver[k])), C::Make(next))) {
+                fail("CAS on a deleted key succeeded");
+              }
+            }
+            break;
+          case 3: {
+            auto [got, loaded] = m.LoadOrStore(k, C::Make(next));
+            if (loaded != cur[k].has_value() || (loaded && C::Raw(got) != *cur[k])) {
+              fail("LoadOrStore disagrees with the writer's model");
+            }
+            changed = !loaded;
+            break;
+          }
+          case 4:
+            if (raw_of(m.LoadAndDelete(k)) != cur[k]) fail("LoadAndDelete returned a wrong value");
+            changed = cur[k].has_value(), deleted = true;
+            break;
+          case 5:
+            if (cur[k] && !m.CompareAndDelete(k, C::Make(*cur[k]))) fail("CompareAndDelete failed");
+            changed = cur[k].has_value(), deleted = true;
+            break;
+          case 6:
+            m.Delete(k);
+            changed = cur[k].has_value(), deleted = true;
+            break;
+          default:
+            if (raw_of(m.Load(k)) != cur[k]) fail("the writer's own Load disagrees");
+            changed = false;
+            break;
+        }
+        if (changed) {
+          ver[k] = nv;
+          cur[k] = deleted ? std::nullopt : std::optional<uint64_t>(next);
+          log[k].done.store((uint64_t{nv} << 1) | (deleted ? 1 : 0), std::memory_order_release);
+        }
+      }
+      increments.fetch_add(incs);
+    });
+  }
+  for (int r = 0; r < kReaders; ++r) {
+    threads.emplace_back([&, r] {
+      std::mt19937_64 rng(100 + r);
+      uint64_t counter = 0;
+      while (!stop.load(std::memory_order_relaxed) && failures.load() == 0) {
+        if (rng() % 64 == 0) {
+          std::array<uint64_t, kHot> done;
+          for (uint32_t k = 0; k < kHot; ++k) done[k] = log[k].done.load(std::memory_order_acquire);
+          std::vector<std::pair<uint32_t, V>> seen;
+          m.Range([&](const uint32_t& k, const V& v) { return seen.emplace_back(k, v), true; });
+          for (const auto& [k, v] : seen) {
+            if (k < kHot) {
+              check(k, done[k], v, log[k].intent.load(std::memory_order_acquire));
+            } else if (k != kCounter && (!C::Intact(v) || !FreshValid(C::Raw(v), k))) {
+              fail("Range: a value never stored for key " + std::to_string(k));
+            }
+          }
+          continue;
+        }
+        const uint32_t k = static_cast<uint32_t>(rng() % kHot);
+        const uint64_t done = log[k].done.load(std::memory_order_acquire);
+        const std::optional<V> got = m.Load(k);
+        check(k, done, got, log[k].intent.load(std::memory_order_acquire));
+        if (const std::optional<V> c = m.Load(kCounter)) {
+          if (C::Raw(*c) < counter) fail("the counter went back");
+          counter = C::Raw(*c);
+        } else {
+          fail("the counter vanished");
+        }
+      }
+    });
+  }
+  // Churn: new keys (rebuilds that expunge the hot keys deleted at the
+  // time), their deletes, misses (promotions), Compact().
+  threads.emplace_back([&] {
+    std::mt19937_64 rng(7);
+    for (uint32_t n = 0; !stop.load(std::memory_order_relaxed) && failures.load() == 0; ++n) {
+      const uint32_t nk = 1000 + n % 512;
+      switch (rng() % 8) {
+        case 0:
+        case 1:
+        case 2:
+          m.Store(nk, C::Make(FreshRaw(nk, 1)));
+          break;
+        case 3:
+        case 4:
+          m.Delete(nk);
+          break;
+        case 5:
+        case 6:
+          (void)m.Load(5000 + n % 64);
+          break;
+        default:
+          if (rng() % 32 == 0) m.Compact();
+          break;
+      }
+    }
+  });
+  std::this_thread::sleep_for(StressTime());
+  stop.store(true);
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(m.Load(kCounter).has_value() ? C::Raw(*m.Load(kCounter)) : ~uint64_t{0},
+            increments.load())
+      << "a CAS increment was lost";
+  const MapStats s = m.Stats();
+  EXPECT_GT(s.dirty_rebuilds, 2u);
+  EXPECT_GT(s.promotions, 2u);
 }
 
 // ---------------------------------------------------------------------------

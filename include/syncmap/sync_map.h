@@ -41,14 +41,22 @@
 //   rebuild the first new key after a promotion builds dirty again by copying
 //           read's entries, *expunging* deleted ones (not copied).
 //
-// An entry's value pointer p is in one of three states:
-//   nullptr    deleted; the entry is still in read (a tombstone) and, if
+// An entry is in one of three states:
+//   deleted    no value; the entry is still in read (a tombstone) and, if
 //              dirty exists, in dirty too.
-//   kExpunged  deleted, and dirty exists and does not hold it.  The entry is
+//   expunged   deleted, and dirty exists and does not hold it.  The entry is
 //              dropped with the read map at the next promotion.
-//   otherwise  a Box holding the current value: for a trivially destructible
-//              V at first the Box embedded in the entry (created with the
-//              key), after a store over it a Box of its own.
+//   value      the entry holds the current value.
+// Where the value lives depends on V:
+//   * trivially copyable and at most 8 bytes (integers, pointers, small
+//     PODs): in the entry itself, beside a per-entry seqlock word that also
+//     holds the state.  A store over a value writes it in place (no
+//     allocation, nothing retired); writers of one entry serialise on that
+//     word, readers never wait (see InlineEntry and ReadInline below).
+//   * otherwise: the state is a pointer p (nullptr = deleted, kExpunged, or
+//     a Box holding the value), changed by compare-and-swap.  For a
+//     trivially destructible V the first Box is embedded in the entry
+//     (created with the key); a store over it allocates a Box of its own.
 // So a deleted key stays in read, as a tombstone, until a rebuild expunges it
 // and the promotion after that drops it: a map that only deletes never
 // shrinks.  Compact() forces that rebuild + promotion.
@@ -71,16 +79,16 @@
 //     batch, so retire lists stay bounded by the worker's throughput rather
 //     than by when some thread happens to pass a quiescent point.
 // Value boxes, the one thing retired on the common path (every store over a
-// value, every delete), reach call_rcu() in per-thread batches of 64 under
-// one rcu_head: a call_rcu() per box cost an rcu_head in every box and, per
-// store, an enqueue plus a check (a full fence, often a futex wake) for a
-// sleeping worker.  A thread holds at most 63 boxes not yet handed over; it
+// boxed value, every delete of one; inline values retire nothing), reach
+// call_rcu() in per-thread batches of 64 under one rcu_head: a call_rcu()
+// per box cost an rcu_head in every box and, per store, an enqueue plus a
+// check (a full fence, often a futex wake) for a sleeping worker.  A thread holds at most 63 boxes not yet handed over; it
 // hands them over when its batch fills, when it exits, and when it destroys,
 // clears or compacts a map.  So every value retired by a thread is destroyed
 // after that thread exits or destroys the map, and an RCU barrier; a value
 // retired by a thread that lives on may wait for that thread's batch to fill.
-// When V is trivially destructible (owns nothing), the value a key was
-// created with lives in its entry (one allocation per new key, one pointer
+// When V is trivially destructible (owns nothing) but not inline, the
+// value a key was created with lives in its entry (one allocation per new key, one pointer
 // chase less per read) and is destroyed with the entry, not when it is
 // stored over or deleted; a V that owns memory always gets a Box of its own,
 // so deleting it frees what it owns after one grace period, as in Go.
@@ -94,11 +102,13 @@
 #define SYNCMAP_SYNC_MAP_H_
 
 #include <pthread.h>
+#include <sched.h>
 #include <time.h>
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <new>
@@ -562,6 +572,14 @@ class SyncMap {
     const bool embedded;
   };
 
+  // Whether values live in their entries (InlineEntry) instead of boxes:
+  // for a V that fits a machine word and is copied by its bytes.  A read
+  // hit then makes one dependent load less, and a store over a value writes
+  // it in place: no allocation, nothing retired.
+  static constexpr bool kInline = std::is_trivially_copyable_v<V> &&
+                                  sizeof(V) <= sizeof(uint64_t) &&
+                                  alignof(V) <= alignof(uint64_t);
+
   // Sentinel for the expunged state; never dereferenced.
   static Box* Expunged() { return reinterpret_cast<Box*>(uintptr_t{1}); }
   static bool HasValue(const Box* p) { return p != nullptr && p != Expunged(); }
@@ -572,15 +590,16 @@ class SyncMap {
   // buffer, a shared_ptr's target) a deleted key's tombstone would keep that
   // memory until the tombstone is dropped.  With a Box of its own, a deleted
   // value is freed one grace period after the delete, as in Go.
-  static constexpr bool kEmbedFirst = std::is_trivially_destructible_v<V>;
+  static constexpr bool kEmbedFirst = !kInline && std::is_trivially_destructible_v<V>;
   struct NoFirst {};
 
-  // An entry: the slot for one key, shared by read and dirty.
-  struct Entry : sync_map_internal::RcuNode {
+  // An entry: the slot for one key, shared by read and dirty.  BoxEntry
+  // unless kInline.
+  struct BoxEntry : sync_map_internal::RcuNode {
     // kEmbedFirst: the first value lives in the entry.
-    explicit Entry(V v) : p(&first), first(std::move(v), /*in_entry=*/true) {}
+    explicit BoxEntry(V v) : p(&first), first(std::move(v), /*in_entry=*/true) {}
     // !kEmbedFirst: the first value is a Box of its own.
-    explicit Entry(Box* b) : p(b) {}
+    explicit BoxEntry(Box* b) : p(b) {}
     // nullptr = deleted, Expunged() = deleted and absent from dirty,
     // otherwise the value.  Lock-free transitions: value<->value,
     // value->nullptr, nullptr->value.  Only under mu_: nullptr<->expunged.
@@ -596,6 +615,30 @@ class SyncMap {
     std::conditional_t<kEmbedFirst, Box, NoFirst> first;
   };
 
+  // kInline: the entry holds the value itself, and a store over it writes
+  // it in place.  `ctrl` is a seqlock word that also carries the state:
+  //   bit 0      a writer is inside (the entry's writer lock)
+  //   bits 1-2   kHasValue, kNoValue (deleted) or kExpungedState
+  //   bits 3-63  a version, bumped by every critical section that changes
+  //              the state or the value (2^61 of them before it wraps:
+  //              a reader would have to stall across that many writes to
+  //              one key to be fooled, so no ABA in practice).
+  // Every write of ctrl or `word` holds the lock; every write of `word`
+  // stores with release.  Readers take no lock: see ReadInline().
+  struct InlineEntry : sync_map_internal::RcuNode {
+    explicit InlineEntry(uint64_t w) : ctrl(kHasValue << kStateShift), word(w) {}
+    std::atomic<uint64_t> ctrl;
+    // The value's bytes (Encode()); meaningful only in state kHasValue.
+    std::atomic<uint64_t> word;
+  };
+  static constexpr uint64_t kLockBit = 1;
+  static constexpr uint64_t kStateShift = 1;
+  static constexpr uint64_t kStateMask = uint64_t{3} << kStateShift;
+  static constexpr uint64_t kVersionOne = 8;
+  // kHasValue is 0: a reader's state check is one test of the loaded ctrl.
+  static constexpr uint64_t kHasValue = 0, kNoValue = 1, kExpungedState = 2;
+
+  using Entry = std::conditional_t<kInline, InlineEntry, BoxEntry>;
   using Table = absl::flat_hash_map<K, Entry*, Hash, Eq>;
 
   // A read map and what it alone owns.  Immutable once published except
@@ -613,8 +656,10 @@ class SyncMap {
   // Frees an entry and the value it holds (its embedded box, dead or not,
   // goes with it).  Only when no reader can reach it.
   static void FreeEntryNow(Entry* e) {
-    Box* b = e->p.load(std::memory_order_relaxed);
-    if (HasValue(b) && !b->embedded) delete b;
+    if constexpr (!kInline) {
+      Box* b = e->p.load(std::memory_order_relaxed);
+      if (HasValue(b) && !b->embedded) delete b;
+    }
     delete e;
   }
 
@@ -652,44 +697,251 @@ class SyncMap {
     return it == t.end() ? nullptr : it->second;
   }
 
-  // The value of e, if it holds one.  Caller is in a ReadSection.
-  static std::optional<V> LoadEntry(Entry* e) {
-    Box* p = e->p.load(std::memory_order_acquire);
-    if (!HasValue(p)) return std::nullopt;
-    return p->value;
+  // --- Entry operations, for both kinds of entry. ---
+
+  // A value staged for a store before any lock is taken (a Box; kInline,
+  // the value's bytes), and what a store or delete found in an entry (its
+  // Box, nullptr when it held no value; kInline, its bytes, if any).
+  using Staged = std::conditional_t<kInline, uint64_t, Box*>;
+  using Prev = std::conditional_t<kInline, std::optional<uint64_t>, Box*>;
+
+  static Staged Stage(V v) {
+    if constexpr (kInline) {
+      return Encode(v);
+    } else {
+      return new Box(std::move(v));
+    }
+  }
+  static bool PrevHasValue(const Prev& p) {
+    if constexpr (kInline) {
+      return p.has_value();
+    } else {
+      return HasValue(p);
+    }
+  }
+  // The value a store or delete took out of an entry; retires its box.
+  static std::optional<V> TakePrev(const Prev& p) {
+    if constexpr (kInline) {
+      if (!p) return std::nullopt;
+      return Decode(*p);
+    } else {
+      if (!HasValue(p)) return std::nullopt;
+      std::optional<V> old(p->value);
+      RetireBox(p);
+      return old;
+    }
   }
 
-  // Swaps *nb into e unless e is expunged.  Returns the previous pointer
-  // (nullptr = was deleted) via *prev.
-  static bool TrySwap(Entry* e, Box* nb, Box** prev) {
-    Box* p = e->p.load(std::memory_order_acquire);
-    for (;;) {
-      if (p == Expunged()) return false;
-      if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
-                                     std::memory_order_acquire)) {
-        *prev = p;
-        return true;
+  // Swaps nb into e unless e is expunged.  Returns what e held via *prev.
+  static bool TrySwap(Entry* e, Staged nb, Prev* prev) {
+    if constexpr (kInline) {
+      const uint64_t c = LockInline(e);
+      if (StateOf(c) == kExpungedState) {
+        UnlockInlineUnchanged(e, c);
+        return false;
+      }
+      *prev = InlineValueLocked(e, c);
+      e->word.store(nb, std::memory_order_release);
+      UnlockInline(e, c, kHasValue);
+      return true;
+    } else {
+      Box* p = e->p.load(std::memory_order_acquire);
+      for (;;) {
+        if (p == Expunged()) return false;
+        if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+          *prev = p;
+          return true;
+        }
       }
     }
   }
 
-  // expunged -> nullptr.  True if it was expunged: the caller must add e to
+  // Swaps nb into e, which is not expunged (and cannot become so: mu_).
+  static Prev ExchangeLocked(Entry* e, Staged nb) {
+    if constexpr (kInline) {
+      Prev prev;
+      (void)TrySwap(e, nb, &prev);
+      return prev;
+    } else {
+      return e->p.exchange(nb, std::memory_order_acq_rel);
+    }
+  }
+
+  // Deletes e's value, if any, and returns what e held.  For dirty-only
+  // entries, which only writers holding mu_ reach.
+  static Prev TakeLocked(Entry* e) {
+    if constexpr (kInline) {
+      const uint64_t c = LockInline(e);
+      const Prev prev = InlineValueLocked(e, c);
+      if (prev) {
+        UnlockInline(e, c, kNoValue);
+      } else {
+        UnlockInlineUnchanged(e, c);
+      }
+      return prev;
+    } else {
+      return e->p.exchange(nullptr, std::memory_order_acq_rel);
+    }
+  }
+
+  // Puts e in the expunged state whatever it was in (Clear) and returns
+  // what it held.
+  static Prev FreezeLocked(Entry* e) {
+    if constexpr (kInline) {
+      const uint64_t c = LockInline(e);
+      const Prev prev = InlineValueLocked(e, c);
+      UnlockInline(e, c, kExpungedState);
+      return prev;
+    } else {
+      return e->p.exchange(Expunged(), std::memory_order_acq_rel);
+    }
+  }
+
+  // Whether e holds a value equal to v.
+  static bool ValueEquals(const Entry* e, const V& v) {
+    if constexpr (kInline) {
+      uint64_t w;
+      return ReadInline(e, &w) && Decode(w) == v;
+    } else {
+      Box* p = e->p.load(std::memory_order_acquire);
+      return HasValue(p) && p->value == v;
+    }
+  }
+
+  // Only mu_'s holder changes whether an entry is expunged.
+  static bool IsExpungedLocked(const Entry* e) {
+    if constexpr (kInline) {
+      return StateOf(e->ctrl.load(std::memory_order_relaxed)) == kExpungedState;
+    } else {
+      return e->p.load(std::memory_order_relaxed) == Expunged();
+    }
+  }
+
+  // expunged -> deleted.  True if it was expunged: the caller must add e to
   // dirty before releasing mu_.
   static bool UnexpungeLocked(Entry* e) {
-    Box* p = Expunged();
-    return e->p.compare_exchange_strong(p, nullptr, std::memory_order_acq_rel);
+    if constexpr (kInline) {
+      if (!IsExpungedLocked(e)) return false;
+      // A lock-free writer may hold e's lock; it will find e expunged and
+      // leave it so.
+      UnlockInline(e, LockInline(e), kNoValue);
+      return true;
+    } else {
+      Box* p = Expunged();
+      return e->p.compare_exchange_strong(p, nullptr, std::memory_order_acq_rel);
+    }
   }
 
-  // nullptr -> expunged.  True if e is (now) expunged.
+  // deleted -> expunged.  True if e is (now) expunged.
   static bool TryExpungeLocked(Entry* e) {
-    Box* p = e->p.load(std::memory_order_acquire);
-    while (p == nullptr) {
-      if (e->p.compare_exchange_weak(p, Expunged(), std::memory_order_acq_rel,
-                                     std::memory_order_acquire)) {
-        return true;
+    if constexpr (kInline) {
+      // Most entries a rebuild visits hold a value: no lock for those.  One
+      // being deleted right now is copied to dirty, as a deleted entry.
+      const uint64_t seen = StateOf(e->ctrl.load(std::memory_order_acquire));
+      if (seen != kNoValue) return seen == kExpungedState;
+      const uint64_t c = LockInline(e);
+      if (StateOf(c) != kNoValue) {  // revived meanwhile
+        UnlockInlineUnchanged(e, c);
+        return false;
       }
+      UnlockInline(e, c, kExpungedState);
+      return true;
+    } else {
+      Box* p = e->p.load(std::memory_order_acquire);
+      while (p == nullptr) {
+        if (e->p.compare_exchange_weak(p, Expunged(), std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+          return true;
+        }
+      }
+      return p == Expunged();
     }
-    return p == Expunged();
+  }
+
+  // --- Inline entries (kInline). ---
+
+  static uint64_t StateOf(uint64_t ctrl) { return (ctrl & kStateMask) >> kStateShift; }
+
+  // V's bytes in a word, and back.  Through memcpy/bit_cast, so the word
+  // can be a std::atomic (no plain-data race for TSAN or the compiler).
+  static uint64_t Encode(const V& v) {
+    uint64_t w = 0;
+    std::memcpy(&w, &v, sizeof(V));
+    return w;
+  }
+  static V Decode(uint64_t w) {
+    if constexpr (sizeof(V) == sizeof(uint64_t)) {
+      return __builtin_bit_cast(V, w);
+    } else {
+      struct Bytes {
+        unsigned char b[sizeof(V)];
+      } bytes;
+      std::memcpy(bytes.b, &w, sizeof(V));
+      return __builtin_bit_cast(V, bytes);
+    }
+  }
+
+  // The value in e, read without any lock; false if e holds none.
+  //
+  // A seqlock read.  ctrl is loaded with acquire: every write of the
+  // critical sections before it is visible.  Its state decides: a miss
+  // takes effect right there (a writer inside has not published yet: states
+  // change only when it unlocks).  On a hit the word is loaded (acquire),
+  // then ctrl again: unchanged means no writer entered meanwhile, since
+  // every lock and every change writes a new ctrl value (the version only
+  // grows).  A word written by a later writer would show: that writer's
+  // release store of the word, read here by an acquire load, orders its
+  // lock before the second ctrl load.  If a writer held the lock all along
+  // (ctrl odd both times), the word it may write is an overwrite of a
+  // value, which takes effect at that store; a writer that revives a
+  // deleted entry writes the word under the deleted state, which the state
+  // check already turned away.  A reader never waits for a writer.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE static bool ReadInline(const Entry* e, uint64_t* w) {
+    for (;;) {
+      const uint64_t c = e->ctrl.load(std::memory_order_acquire);
+      if ((c & kStateMask) != (kHasValue << kStateShift)) return false;
+      *w = e->word.load(std::memory_order_acquire);
+      if (__builtin_expect(e->ctrl.load(std::memory_order_relaxed) == c, 1)) return true;
+    }
+  }
+
+  // Takes e's writer lock; returns ctrl as it was before (unlocked).
+  // Writers of one entry serialise here; critical sections are a few
+  // loads and stores, so spin, then yield to a preempted holder.
+  static uint64_t LockInline(Entry* e) {
+    uint64_t c = e->ctrl.load(std::memory_order_relaxed);
+    for (uint32_t spins = 0;; ++spins) {
+      if ((c & kLockBit) == 0) {
+        if (e->ctrl.compare_exchange_weak(c, c | kLockBit, std::memory_order_acquire,
+                                          std::memory_order_relaxed)) {
+          return c;
+        }
+        continue;
+      }
+      if (spins < 128) {
+        caa_cpu_relax();
+      } else {
+        sched_yield();
+      }
+      c = e->ctrl.load(std::memory_order_relaxed);
+    }
+  }
+  // Releases the lock taken at ctrl value c, publishing `state` and a new
+  // version.
+  static void UnlockInline(Entry* e, uint64_t c, uint64_t state) {
+    e->ctrl.store(((c & ~(kVersionOne - 1)) + kVersionOne) | (state << kStateShift),
+                  std::memory_order_release);
+  }
+  // Releases the lock with neither state nor word changed: ctrl returns to
+  // c, so readers that loaded c need not retry.
+  static void UnlockInlineUnchanged(Entry* e, uint64_t c) {
+    e->ctrl.store(c, std::memory_order_release);
+  }
+  // e's value under its lock (taken at ctrl value c).
+  static std::optional<uint64_t> InlineValueLocked(const Entry* e, uint64_t c) {
+    if (StateOf(c) != kHasValue) return std::nullopt;
+    return e->word.load(std::memory_order_relaxed);
   }
 
   // The value taken out of an entry by a delete of a read entry; nullopt if
@@ -697,8 +949,8 @@ class SyncMap {
   std::optional<V> DeleteReadEntry(Entry* e);
 
   // Accounting for a store that found `prev` in an entry of read.
-  void NoteStoreIntoReadEntry(Box* prev) {
-    if (prev == nullptr) {  // revived a tombstone
+  void NoteStoreIntoReadEntry(const Prev& prev) {
+    if (!PrevHasValue(prev)) {  // revived a tombstone
       live_.fetch_add(1, std::memory_order_relaxed);
       tombstones_.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -711,6 +963,17 @@ class SyncMap {
   void ProbeDelete();
   void ProbeDeleteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FlushProbes();
+  // Load's lookup: the key's entry, nullptr if none.  Caller is in a
+  // ReadSection.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE Entry* LoadLookup(const K& key) {
+    const ReadOnly* read = read_.load(std::memory_order_acquire);
+    Entry* e = Find(read->m, key);
+    if (__builtin_expect(e == nullptr, 0)) {
+      if (!read->amended.load(std::memory_order_acquire)) return nullptr;
+      e = LoadMissLocked(key);
+    }
+    return e;
+  }
   // Load's slow path: the key is not in read and dirty has new keys.
   ABSL_ATTRIBUTE_NOINLINE Entry* LoadMissLocked(const K& key) ABSL_LOCKS_EXCLUDED(mu_);
   void PromoteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -735,13 +998,14 @@ class SyncMap {
     return c < 32 ? 32 : c;
   }
   // A flat_hash_map slot plus its control byte, at the 7/8 maximum load,
-  // and the entry node, the embedded first value included (kEmbedFirst).
+  // and the entry node, the value included (kInline) or the embedded first
+  // value (kEmbedFirst).
   static constexpr uint64_t kEntryBytes =
       (sizeof(typename Table::value_type) + 1) * 8 / 7 + MallocChunk(sizeof(Entry));
   // A value in a Box of its own: every value when V owns memory
   // (!kEmbedFirst); otherwise only values stored over the first (the
-  // embedded one is already counted in kEntryBytes).
-  static constexpr uint64_t kValueBytes = MallocChunk(sizeof(Box));
+  // embedded one is already counted in kEntryBytes); none when kInline.
+  static constexpr uint64_t kValueBytes = kInline ? 0 : MallocChunk(sizeof(Box));
 
   // --- Read side: one cache line readers share and nobody writes often. ---
   alignas(64) std::atomic<ReadOnly*> read_;
@@ -861,31 +1125,36 @@ MapStats SyncMap<K, V, H, E>::Stats() const {
 
 template <typename K, typename V, typename H, typename E>
 inline std::optional<V> SyncMap<K, V, H, E>::Load(const K& key) {
-  // The value is copied into a plain local inside the read section and the
-  // optional built after it: built in place, GCC stored its flag byte and
-  // reloaded it as a word, a store-forwarding stall on every hit.
-  bool found = false;
-  alignas(V) unsigned char buf[sizeof(V)];
-  {
-    sync_map_internal::ReadSection rs;
-    const ReadOnly* read = read_.load(std::memory_order_acquire);
-    Entry* e = Find(read->m, key);
-    if (__builtin_expect(e == nullptr, 0)) {
-      if (!read->amended.load(std::memory_order_acquire)) return std::nullopt;
-      e = LoadMissLocked(key);
+  if constexpr (kInline) {
+    uint64_t w;
+    {
+      sync_map_internal::ReadSection rs;
+      const Entry* e = LoadLookup(key);
+      if (e == nullptr || !ReadInline(e, &w)) return std::nullopt;
+    }
+    return Decode(w);
+  } else {
+    // The value is copied into a plain local inside the read section and
+    // the optional built after it: built in place, GCC stored its flag byte
+    // and reloaded it as a word, a store-forwarding stall on every hit.
+    bool found = false;
+    alignas(V) unsigned char buf[sizeof(V)];
+    {
+      sync_map_internal::ReadSection rs;
+      Entry* e = LoadLookup(key);
       if (e == nullptr) return std::nullopt;
+      Box* p = e->p.load(std::memory_order_acquire);
+      if (HasValue(p)) {
+        ::new (static_cast<void*>(buf)) V(p->value);
+        found = true;
+      }
     }
-    Box* p = e->p.load(std::memory_order_acquire);
-    if (HasValue(p)) {
-      ::new (static_cast<void*>(buf)) V(p->value);
-      found = true;
-    }
+    if (!found) return std::nullopt;
+    V* v = std::launder(reinterpret_cast<V*>(buf));
+    std::optional<V> out(std::move(*v));
+    v->~V();
+    return out;
   }
-  if (!found) return std::nullopt;
-  V* v = std::launder(reinterpret_cast<V*>(buf));
-  std::optional<V> out(std::move(*v));
-  v->~V();
-  return out;
 }
 
 template <typename K, typename V, typename H, typename E>
@@ -907,12 +1176,12 @@ typename SyncMap<K, V, H, E>::Entry* SyncMap<K, V, H, E>::LoadMissLocked(const K
 template <typename K, typename V, typename H, typename E>
 std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
   sync_map_internal::ReadSection rs;
-  // Allocated outside the lock; every path below publishes it, except a new
-  // key's with kEmbedFirst, which moves the value into the new entry and
-  // frees nb unused.
-  Box* nb = new Box(std::move(value));
+  // Staged (a box allocated) outside the lock; every path below publishes
+  // it, except a new key's with kEmbedFirst, which moves the value into the
+  // new entry and frees nb unused.
+  Staged nb = Stage(std::move(value));
   Box* unused = nullptr;
-  Box* prev = nullptr;
+  Prev prev{};
   ReadOnly* read = read_.load(std::memory_order_acquire);
   if (Entry* e = Find(read->m, key); e != nullptr && TrySwap(e, nb, &prev)) {
     NoteStoreIntoReadEntry(prev);
@@ -927,11 +1196,11 @@ std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
         Bump(dirty_len_);
         Bump(expunged_, -1);
       }
-      prev = e->p.exchange(nb, std::memory_order_acq_rel);
+      prev = ExchangeLocked(e, nb);
       NoteStoreIntoReadEntry(prev);
     } else if (Entry* d = dirty_ ? Find(*dirty_, key) : nullptr) {
       // Dirty-only entries always hold a value (deletes remove them).
-      prev = d->p.exchange(nb, std::memory_order_acq_rel);
+      prev = ExchangeLocked(d, nb);
     } else {
       AmendLocked(read);
       if constexpr (kEmbedFirst) {
@@ -948,10 +1217,7 @@ std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
     }
   }
   delete unused;  // never published
-  if (!HasValue(prev)) return std::nullopt;
-  std::optional<V> old(prev->value);
-  RetireBox(prev);
-  return old;
+  return TakePrev(prev);
 }
 
 template <typename K, typename V, typename H, typename E>
@@ -961,16 +1227,34 @@ std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
   // Go's tryLoadOrStore: the existing value, or stores ours into a deleted
   // entry.  nullopt when e is expunged (the caller must take the lock).
   auto try_load_or_store = [&](Entry* e) -> std::optional<std::pair<V, bool>> {
-    Box* p = e->p.load(std::memory_order_acquire);
-    for (;;) {
-      if (p == Expunged()) return std::nullopt;
-      if (p != nullptr) return std::pair<V, bool>(p->value, true);
-      if (nb == nullptr) nb = new Box(value);
-      if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
-                                     std::memory_order_acquire)) {
-        nb = nullptr;
-        NoteStoreIntoReadEntry(nullptr);
-        return std::pair<V, bool>(value, false);
+    if constexpr (kInline) {
+      uint64_t w;
+      if (ReadInline(e, &w)) return std::pair<V, bool>(Decode(w), true);
+      const uint64_t c = LockInline(e);
+      if (const std::optional<uint64_t> cur = InlineValueLocked(e, c)) {  // stored meanwhile
+        UnlockInlineUnchanged(e, c);
+        return std::pair<V, bool>(Decode(*cur), true);
+      }
+      if (StateOf(c) == kExpungedState) {
+        UnlockInlineUnchanged(e, c);
+        return std::nullopt;
+      }
+      e->word.store(Encode(value), std::memory_order_release);
+      UnlockInline(e, c, kHasValue);
+      NoteStoreIntoReadEntry(Prev{});
+      return std::pair<V, bool>(value, false);
+    } else {
+      Box* p = e->p.load(std::memory_order_acquire);
+      for (;;) {
+        if (p == Expunged()) return std::nullopt;
+        if (p != nullptr) return std::pair<V, bool>(p->value, true);
+        if (nb == nullptr) nb = new Box(value);
+        if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+          nb = nullptr;
+          NoteStoreIntoReadEntry(Prev{});
+          return std::pair<V, bool>(value, false);
+        }
       }
     }
   };
@@ -992,7 +1276,9 @@ std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
       MissLocked();
     } else {
       AmendLocked(read);
-      if constexpr (kEmbedFirst) {
+      if constexpr (kInline) {
+        dirty_->emplace(key, new Entry(Encode(value)));
+      } else if constexpr (kEmbedFirst) {
         dirty_->emplace(key, new Entry(value));
       } else {
         dirty_->emplace(key, new Entry(nb != nullptr ? nb : new Box(value)));
@@ -1012,21 +1298,32 @@ std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
 
 template <typename K, typename V, typename H, typename E>
 std::optional<V> SyncMap<K, V, H, E>::DeleteReadEntry(Entry* e) {
-  Box* p = e->p.load(std::memory_order_acquire);
-  for (;;) {
-    if (!HasValue(p)) return std::nullopt;
-    if (e->p.compare_exchange_weak(p, nullptr, std::memory_order_acq_rel,
-                                   std::memory_order_acquire)) {
-      break;
+  Prev p{};
+  if constexpr (kInline) {
+    uint64_t w;
+    if (!ReadInline(e, &w)) return std::nullopt;  // nothing to delete: no lock
+    const uint64_t c = LockInline(e);
+    p = InlineValueLocked(e, c);
+    if (!p) {
+      UnlockInlineUnchanged(e, c);
+      return std::nullopt;
+    }
+    UnlockInline(e, c, kNoValue);
+  } else {
+    p = e->p.load(std::memory_order_acquire);
+    for (;;) {
+      if (!HasValue(p)) return std::nullopt;
+      if (e->p.compare_exchange_weak(p, nullptr, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        break;
+      }
     }
   }
   live_.fetch_sub(1, std::memory_order_relaxed);
   tombstones_.fetch_add(1, std::memory_order_relaxed);
   deletes_.fetch_add(1, std::memory_order_relaxed);
   ProbeDelete();
-  std::optional<V> old(p->value);
-  RetireBox(p);
-  return old;
+  return TakePrev(p);
 }
 
 template <typename K, typename V, typename H, typename E>
@@ -1035,7 +1332,7 @@ std::optional<V> SyncMap<K, V, H, E>::LoadAndDelete(const K& key) {
   ReadOnly* read = read_.load(std::memory_order_acquire);
   Entry* e = Find(read->m, key);
   if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
-    Box* prev = nullptr;
+    Prev prev{};
     {
       sync_map_internal::MutexLock lock(&mu_);
       read = read_.load(std::memory_order_relaxed);
@@ -1048,7 +1345,7 @@ std::optional<V> SyncMap<K, V, H, E>::LoadAndDelete(const K& key) {
           dirty_->erase(it);
           Bump(dirty_len_, -1);
           Bump(dirty_only_, -1);
-          prev = d->p.exchange(nullptr, std::memory_order_acq_rel);
+          prev = TakeLocked(d);
           live_.fetch_sub(1, std::memory_order_relaxed);
           deletes_.fetch_add(1, std::memory_order_relaxed);
           RetireEntry(d);
@@ -1057,14 +1354,9 @@ std::optional<V> SyncMap<K, V, H, E>::LoadAndDelete(const K& key) {
         MissLocked();
       }
     }
-    if (e == nullptr) {
-      if (!HasValue(prev)) return std::nullopt;
-      // prev may be d's embedded box: readable still, d was retired within
-      // our read section.
-      std::optional<V> old(prev->value);
-      RetireBox(prev);
-      return old;
-    }
+    // prev may be d's embedded box: readable still, d was retired within
+    // our read section.
+    if (e == nullptr) return TakePrev(prev);
   }
   if (e == nullptr) return std::nullopt;
   return DeleteReadEntry(e);
@@ -1076,15 +1368,31 @@ bool SyncMap<K, V, H, E>::CompareAndSwap(const K& key, const V& old, V new_value
   Box* nb = nullptr;
   // Go's tryCompareAndSwap.
   auto try_cas = [&](Entry* e) -> bool {
-    Box* p = e->p.load(std::memory_order_acquire);
-    for (;;) {
-      if (!HasValue(p) || !(p->value == old)) return false;
-      if (nb == nullptr) nb = new Box(new_value);
-      if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
-                                     std::memory_order_acquire)) {
-        nb = nullptr;
-        RetireBox(p);
-        return true;
+    if constexpr (kInline) {
+      // V's == runs outside the entry's lock; under it, the value must
+      // still be the very bytes compared.
+      for (;;) {
+        uint64_t w;
+        if (!ReadInline(e, &w) || !(Decode(w) == old)) return false;
+        const uint64_t c = LockInline(e);
+        if (InlineValueLocked(e, c) == w) {
+          e->word.store(Encode(new_value), std::memory_order_release);
+          UnlockInline(e, c, kHasValue);
+          return true;
+        }
+        UnlockInlineUnchanged(e, c);
+      }
+    } else {
+      Box* p = e->p.load(std::memory_order_acquire);
+      for (;;) {
+        if (!HasValue(p) || !(p->value == old)) return false;
+        if (nb == nullptr) nb = new Box(new_value);
+        if (e->p.compare_exchange_weak(p, nb, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+          nb = nullptr;
+          RetireBox(p);
+          return true;
+        }
       }
     }
   };
@@ -1114,7 +1422,7 @@ bool SyncMap<K, V, H, E>::CompareAndDelete(const K& key, const V& old) {
   ReadOnly* read = read_.load(std::memory_order_acquire);
   Entry* e = Find(read->m, key);
   if (e == nullptr && read->amended.load(std::memory_order_acquire)) {
-    Box* prev = nullptr;
+    Prev prev{};
     {
       sync_map_internal::MutexLock lock(&mu_);
       read = read_.load(std::memory_order_relaxed);
@@ -1126,12 +1434,12 @@ bool SyncMap<K, V, H, E>::CompareAndDelete(const K& key, const V& old) {
         auto it = dirty_->find(key);
         if (it != dirty_->end()) {
           Entry* d = it->second;
-          Box* p = d->p.load(std::memory_order_acquire);
-          if (HasValue(p) && p->value == old) {
+          // Only writers holding mu_ reach a dirty-only entry.
+          if (ValueEquals(d, old)) {
             dirty_->erase(it);
             Bump(dirty_len_, -1);
             Bump(dirty_only_, -1);
-            prev = d->p.exchange(nullptr, std::memory_order_acq_rel);
+            prev = TakeLocked(d);
             live_.fetch_sub(1, std::memory_order_relaxed);
             deletes_.fetch_add(1, std::memory_order_relaxed);
             RetireEntry(d);
@@ -1142,25 +1450,40 @@ bool SyncMap<K, V, H, E>::CompareAndDelete(const K& key, const V& old) {
       }
     }
     if (e == nullptr) {
-      if (!HasValue(prev)) return false;
-      RetireBox(prev);
+      if (!PrevHasValue(prev)) return false;
+      if constexpr (!kInline) RetireBox(prev);
       return true;
     }
   }
   if (e == nullptr) return false;
-  Box* p = e->p.load(std::memory_order_acquire);
-  for (;;) {
-    if (!HasValue(p) || !(p->value == old)) return false;
-    if (e->p.compare_exchange_weak(p, nullptr, std::memory_order_acq_rel,
-                                   std::memory_order_acquire)) {
-      break;
+  Box* p = nullptr;
+  if constexpr (kInline) {
+    // As in CompareAndSwap: compare outside the lock, then the same bytes.
+    for (;;) {
+      uint64_t w;
+      if (!ReadInline(e, &w) || !(Decode(w) == old)) return false;
+      const uint64_t c = LockInline(e);
+      if (InlineValueLocked(e, c) == w) {
+        UnlockInline(e, c, kNoValue);
+        break;
+      }
+      UnlockInlineUnchanged(e, c);
+    }
+  } else {
+    p = e->p.load(std::memory_order_acquire);
+    for (;;) {
+      if (!HasValue(p) || !(p->value == old)) return false;
+      if (e->p.compare_exchange_weak(p, nullptr, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        break;
+      }
     }
   }
   live_.fetch_sub(1, std::memory_order_relaxed);
   tombstones_.fetch_add(1, std::memory_order_relaxed);
   deletes_.fetch_add(1, std::memory_order_relaxed);
   ProbeDelete();
-  RetireBox(p);
+  if constexpr (!kInline) RetireBox(p);
   return true;
 }
 
@@ -1179,9 +1502,16 @@ void SyncMap<K, V, H, E>::Range(F&& f) {
   // read is immutable: no key twice.  The read section keeps it alive even
   // if f's own operations promote a newer one.
   for (const auto& [k, e] : read->m) {
-    Box* p = e->p.load(std::memory_order_acquire);
-    if (!HasValue(p)) continue;
-    if (!f(k, static_cast<const V&>(p->value))) break;
+    if constexpr (kInline) {
+      uint64_t w;
+      if (!ReadInline(e, &w)) continue;
+      const V v = Decode(w);
+      if (!f(k, v)) break;
+    } else {
+      Box* p = e->p.load(std::memory_order_acquire);
+      if (!HasValue(p)) continue;
+      if (!f(k, static_cast<const V&>(p->value))) break;
+    }
   }
 }
 
@@ -1203,9 +1533,11 @@ void SyncMap<K, V, H, E>::Clear() {
   // Every entry without a value is a read entry: a tombstone.
   uint64_t live = 0, tombstones = 0;
   for (Entry* e : read->owned) {
-    Box* b = e->p.exchange(Expunged(), std::memory_order_acq_rel);
-    if (HasValue(b)) {
-      if (!b->embedded) read->boxes.push_back(b);
+    const Prev b = FreezeLocked(e);
+    if (PrevHasValue(b)) {
+      if constexpr (!kInline) {
+        if (!b->embedded) read->boxes.push_back(b);
+      }
       ++live;
     } else {
       ++tombstones;
@@ -1248,7 +1580,7 @@ std::vector<typename SyncMap<K, V, H, E>::Entry*> SyncMap<K, V, H, E>::AllEntrie
     all.reserve(dirty_->size() + expunged_.load(std::memory_order_relaxed));
     for (const auto& [k, e] : *dirty_) all.push_back(e);
     for (const auto& [k, e] : read->m) {
-      if (e->p.load(std::memory_order_relaxed) == Expunged()) all.push_back(e);
+      if (IsExpungedLocked(e)) all.push_back(e);
     }
   } else {
     all.reserve(read->m.size());
@@ -1274,6 +1606,8 @@ template <typename K, typename V, typename H, typename E>
 void SyncMap<K, V, H, E>::FireMissLocked(uint64_t n) {
 #if SYNCMAP_HAVE_PROBES
   sync_map_internal::DeferProbe(sync_map_internal::ProbeKind::kMiss, this, Snapshot(), n);
+#else
+  (void)n;
 #endif
 }
 
@@ -1335,7 +1669,7 @@ void SyncMap<K, V, H, E>::PromoteLocked() {
   // expunged state before this point, never re-enter it: expunging happens
   // only in a rebuild, and the next rebuild comes after this promotion.)
   for (Entry* e : expunged_list_) {
-    if (e->p.load(std::memory_order_relaxed) == Expunged()) old->owned.push_back(e);
+    if (IsExpungedLocked(e)) old->owned.push_back(e);
   }
   expunged_list_.clear();
   const uint64_t promoted = fresh->m.size();
@@ -1354,6 +1688,8 @@ void SyncMap<K, V, H, E>::PromoteLocked() {
     sync_map_internal::DeferProbe(sync_map_internal::ProbeKind::kPromote, this, Snapshot(), ns,
                                   promoted);
   }
+#else
+  (void)t0;
 #endif
 }
 
@@ -1386,6 +1722,8 @@ void SyncMap<K, V, H, E>::DirtyLocked() {
     sync_map_internal::DeferProbe(sync_map_internal::ProbeKind::kDirtyRebuild, this, Snapshot(),
                                   ns, copied, expunged);
   }
+#else
+  (void)t0;
 #endif
 }
 

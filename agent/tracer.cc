@@ -25,7 +25,7 @@ static_assert(sizeof(syncmap_key) == 16);
 static_assert(sizeof(syncmap_counters) == 10 * 8);
 static_assert(sizeof(syncmap_snapshot) % 8 == 0);
 static_assert(sizeof(syncmap_state) ==
-              4 * 8 + sizeof(syncmap_snapshot) + 2 * 8 * SYNCMAP_HIST_SLOTS + SYNCMAP_NAME_MAX);
+              5 * 8 + sizeof(syncmap_snapshot) + 2 * 8 * SYNCMAP_HIST_SLOTS + SYNCMAP_NAME_MAX);
 static_assert(SYNCMAP_DROP_MAX == 6);
 
 bool g_libbpf_verbose = false;

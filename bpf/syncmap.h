@@ -62,6 +62,7 @@ struct syncmap_state {
 	__u64 flags;          /* SYNCMAP_F_* */
 	__u64 first_ns;       /* bpf_ktime_get_ns() of the first event seen */
 	__u64 last_ns;        /* ... and of the latest */
+	__u64 snap_ns;        /* ... and of the latest snapshot read */
 	/* The snapshot with the highest seq seen (a copy of the target's
 	 * struct syncmap_snapshot; `name` is still the target's pointer). */
 	struct syncmap_snapshot snap;

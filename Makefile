@@ -183,6 +183,10 @@ FIXTURE_SRCS := $(wildcard tests/fixtures/*.cc)
 FIXTURE_LIBS := $(patsubst tests/fixtures/%.cc,$(BUILD)/tests/%.so,$(filter tests/fixtures/lib%,$(FIXTURE_SRCS)))
 FIXTURE_BINS := $(patsubst tests/fixtures/%.cc,$(BUILD)/tests/%,$(filter-out tests/fixtures/lib%,$(FIXTURE_SRCS)))
 SAN_BINS     := $(BUILD)/tests/sync_map_test.asan $(BUILD)/tests/sync_map_test.tsan
+# The agent's own tests under ASAN+UBSAN (see "Sanitizer builds" below).
+AGENT_ASAN_TESTS := agent_cli_test health_test fault_test
+SAN_BINS     += $(patsubst %,$(BUILD)/tests/%.asan,$(AGENT_ASAN_TESTS)) \
+                $(if $(PRELOAD_SRCS),$(BUILD)/libmapscope_preload.tsan.so $(BUILD)/tests/preload_storm.tsan)
 TEST_DEPS    := $(TEST_BINS) $(SAN_BINS) $(FIXTURE_LIBS) $(FIXTURE_BINS) $(MAPLOAD) $(MAPSCOPE) $(PRELOAD_SO)
 
 $(BUILD)/tests/%_test: tests/%_test.cc $(AGENT_OBJS) $(PROBE_HDRS) $(BPF_SKELS) | $(BUILD)/tests
@@ -197,6 +201,34 @@ $(BUILD)/tests/sync_map_test.tsan: tests/sync_map_test.cc $(PROBE_HDRS) | $(BUIL
 	$(call msg,CXX,$@)
 	$(Q)$(CXX) $(ALL_CXXFLAGS) -MF $@.d -O1 $(SAN_TSAN) -pthread $< -o $@ $(LIB_LIBS) $(GTEST_LIBS)
 
+# Sanitizer builds of the agent: its objects again under ASAN+UBSAN
+# (build/obj-asan), build/mapscope.asan, and build/tests/NAME.asan for
+# AGENT_ASAN_TESTS, which drive build/mapscope.asan (tests/agent_test_util.h:
+# a *.asan test runs the *.asan agent); tests/run_tests.sh runs them with
+# leak detection.  And the preload shim under TSAN: the shim built with
+# -fsanitize=thread -DMAPSCOPE_PRELOAD_TSAN (agent/preload/malloc_preload.cc)
+# and a TSAN storm program to preload it into (tests/fault_sanitizer_test.cc).
+AGENT_ASAN_OBJS := $(patsubst agent/%.cc,$(BUILD)/obj-asan/agent/%.o,$(AGENT_SRCS))
+$(BUILD)/obj-asan/agent/%.o: agent/%.cc $(PROBE_HDRS) $(BPF_SKELS)
+	$(call msg,CXX-ASAN,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $(AGENT_CFLAGS) -O1 $(SAN_ASAN) -c $< -o $@
+$(BUILD)/obj-asan/agent/flamegraph.o: $(FLAMEGRAPH_INC)
+$(BUILD)/mapscope.asan: $(BUILD)/obj-asan/agent/main.o $(AGENT_ASAN_OBJS)
+	$(call msg,LINK,$@)
+	$(Q)$(CXX) $(SAN_ASAN) $^ -o $@ $(AGENT_LIBS) $(LIB_LIBS)
+$(BUILD)/tests/%_test.asan: tests/%_test.cc $(AGENT_ASAN_OBJS) $(BUILD)/mapscope.asan $(PROBE_HDRS) $(BPF_SKELS) | $(BUILD)/tests
+	$(call msg,CXX-ASAN,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -MF $@.d $(AGENT_CFLAGS) -O1 $(SAN_ASAN) -pthread $< $(AGENT_ASAN_OBJS) -o $@ \
+		$(AGENT_LIBS) $(LIB_LIBS) $(GTEST_LIBS) -ldl
+$(BUILD)/libmapscope_preload.tsan.so: $(PRELOAD_SRCS) $(PROBE_HDRS) | $(BUILD)
+	$(call msg,CXX-TSAN,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -MF $@.d -O1 $(SAN_TSAN) -DMAPSCOPE_PRELOAD_TSAN -fPIC -shared \
+		-fvisibility=hidden -fno-exceptions -fno-rtti $(PRELOAD_SRCS) -o $@ -Wl,--as-needed -ldl -lpthread
+$(BUILD)/tests/preload_storm.tsan: tests/fixtures/preload_storm.cc $(PROBE_HDRS) | $(BUILD)/tests
+	$(call msg,CXX-TSAN,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -MF $@.d -O1 $(SAN_TSAN) -pthread $< -o $@ -ldl
+
 # The library's libFuzzer target (tests/fuzz/): clang, since libFuzzer is
 # clang's; `make test-long` runs it for a minute.
 $(BUILD)/tests/sync_map_fuzz: tests/fuzz/sync_map_fuzz.cc $(PROBE_HDRS) | $(BUILD)/tests
@@ -207,7 +239,10 @@ $(BUILD)/tests/sync_map_fuzz: tests/fuzz/sync_map_fuzz.cc $(PROBE_HDRS) | $(BUIL
 
 $(BUILD)/tests/lib%.so: tests/fixtures/lib%.cc $(PROBE_HDRS) | $(BUILD)/tests
 	$(call msg,CXX,$@)
-	$(Q)$(CXX) $(ALL_CXXFLAGS) -fPIC -shared $< -o $@ $(LIB_LIBS)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $(FIXTURE_FLAGS) -fPIC -shared $< -o $@ $(LIB_LIBS)
+# A probed library dlclose() really unmaps: no STB_GNU_UNIQUE symbols (they
+# make glibc keep an object loaded forever); tests/fault_lifecycle_test.cc.
+$(BUILD)/tests/libfault_dl.so: FIXTURE_FLAGS := -fno-gnu-unique
 
 $(BUILD)/tests/%: tests/fixtures/%.cc $(PROBE_HDRS) $(FIXTURE_LIBS) | $(BUILD)/tests
 	$(call msg,CXX,$@)
@@ -318,7 +353,7 @@ bench-quick-run: $(MAPBENCH)
 demo: deps-auto
 	$(Q)$(MAKE) --no-print-directory demo-run
 
-demo-run: $(MAPLOAD) $(MAPSCOPE)
+demo-run: $(MAPLOAD) $(MAPSCOPE) $(PRELOAD_SO)
 	$(Q)tools/kernel-fs.sh
 	$(Q)tools/demo.sh $(BUILD)
 

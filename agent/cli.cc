@@ -48,6 +48,9 @@ constexpr absl::string_view kCheckFlags =
     "      --malloc MODE    malloc counters: auto (the LD_PRELOAD shim if the target has\n"
     "                       libmapscope_preload.so mapped, else libc uprobes), uprobe,\n"
     "                       preload, off (default auto)\n"
+    "      --malloc-max-rate N  auto: fall back to RSS when the target makes more than\n"
+    "                       N malloc/free calls a second (uprobes would slow it; 20000;\n"
+    "                       0: no limit)\n"
     "      --leak-valid-ratio R   leak when live/held stays below R (default 0.7)\n"
     "      --stale-ratio R        stale_read when tombstones/read_len stays above R (0.3)\n"
     "      --bloat-redundancy R   dirty_bloat when dirty duplicates > R of live (0.2),\n"
@@ -297,6 +300,15 @@ absl::StatusOr<Options> ParseArgs(int argc, const char* const* argv) {
         return UsageError(cmd, absl::StrCat("--malloc ", *v, ": expected auto, uprobe, preload or off"));
       }
       o.malloc_mode = std::string(*v);
+    } else if (name == "--malloc-max-rate") {
+      absl::StatusOr<absl::string_view> v = take_value();
+      if (!v.ok()) return v.status();
+      uint64_t n;
+      if (!absl::SimpleAtoi(*v, &n) || n > (uint64_t{1} << 40)) {
+        return UsageError(cmd, absl::StrFormat("--malloc-max-rate %s: must be a whole number "
+                                               "of calls a second (0: no limit)", *v));
+      }
+      o.malloc_max_rate = n;
     } else if (name == "--jitter-p99") {
       absl::StatusOr<absl::string_view> v = take_value();
       if (!v.ok()) return v.status();

@@ -44,6 +44,8 @@ struct Options {
   uint32_t max_maps = 0;  // 0 = the BPF side's default
   // Malloc counters: auto|uprobe|preload|off (agent/malloc_source.h).
   std::string malloc_mode = "auto";
+  // auto: most malloc/free calls a second libc uprobes may count (0: any).
+  uint64_t malloc_max_rate = 20000;
   // Health-check thresholds, one flag each (--leak-valid-ratio ...).
   CheckOptions thresholds;
   RecordOptions record;  // record's flags (command_options.h)

@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,6 +16,7 @@
 #include "report.h"
 #include "serve.h"
 #include "target.h"
+#include "text.h"
 #include "tracer.h"
 #include "watch.h"
 
@@ -32,7 +34,26 @@ struct Session {
   std::vector<health::HeapInterval> heap;  // one per poll
   std::optional<MallocCounters> malloc_last;
   absl::Time heap_start;
+  // Probe-bearing objects loaded after attach (not traced), and the files
+  // already looked at for them.
+  std::vector<std::string> untraced;
+  std::set<std::string> scanned;
+  std::ostream* err = nullptr;
 };
+
+// Looks for probe-bearing objects the target loaded since attach, and says
+// so once for each (mapscope attaches at start only).
+void CheckUntraced(Session& s) {
+  for (std::string& path : UntracedProbeObjects(s.target, &s.scanned)) {
+    if (s.err) {
+      *s.err << "mapscope: warning: pid " << s.target.pid << " loaded " << Printable(path)
+             << " (syncmap probes) after mapscope attached: its maps are not traced; run "
+                "mapscope again to include them"
+             << std::endl;
+    }
+    s.untraced.push_back(std::move(path));
+  }
+}
 
 // Opens the malloc counters.  With --malloc=auto a target we cannot count
 // (e.g. no shared libc) only loses the heap check, with a warning; an
@@ -42,7 +63,7 @@ absl::Status OpenMalloc(const Options& o, Session& s, std::ostream& err) {
   absl::StatusOr<MallocSource::Mode> mode = MallocSource::ParseMode(o.malloc_mode);
   if (!mode.ok()) return mode.status();
   absl::StatusOr<std::unique_ptr<MallocSource>> m =
-      MallocSource::Open(s.target.pid, *mode, o.verbose);
+      MallocSource::Open(s.target.pid, *mode, o.verbose, {.auto_max_rate = o.malloc_max_rate});
   if (!m.ok()) {
     if (*mode != MallocSource::Mode::kAuto) return m.status();
     err << "mapscope: warning: no malloc counters (" << m.status().message()
@@ -61,6 +82,7 @@ void SampleHeap(Session& s) {
   h.dt_s = s.heap.empty() ? h.t_s : h.t_s - s.heap.back().t_s;
   if (s.malloc) {
     if (absl::StatusOr<MallocCounters> c = s.malloc->Read(); c.ok()) {
+      if (!c->dropped.empty() && s.err) *s.err << "mapscope: warning: " << c->dropped << std::endl;
       s.malloc_last = *c;
       h.outstanding_known = c->known;
       h.outstanding_bytes = c->outstanding_bytes;
@@ -79,16 +101,22 @@ absl::Status CheckEnvironment() {
 }
 
 absl::Status Attach(const Options& o, Session& s, std::ostream& err) {
-  absl::StatusOr<std::unique_ptr<StopWatcher>> w = StopWatcher::Create(s.target.pid);
+  absl::StatusOr<std::unique_ptr<StopWatcher>> w = StopWatcher::Create(s.target);
   if (!w.ok()) return w.status();
   s.watcher = *std::move(w);
+  StopForTestAt("attach");
+  if (absl::Status st = CheckTargetRunning(s.target); !st.ok()) return st;
   absl::StatusOr<std::unique_ptr<Tracer>> t = Tracer::Create(s.target, {.max_maps = o.max_maps});
   if (!t.ok()) return t.status();
   s.tracer = *std::move(t);
   if (o.command == Command::kTriage || o.command == Command::kTop) {
     if (absl::Status st = OpenMalloc(o, s, err); !st.ok()) return st;
   }
+  // Attaching goes by PID number: if the target died meanwhile and another
+  // process got the number, undo it (the Session's destructor detaches).
+  if (absl::Status st = CheckPidNotReused(s.target); !st.ok()) return st;
   s.heap_start = absl::Now();
+  s.err = &err;
   SampleHeap(s);
   return absl::OkStatus();
 }
@@ -115,6 +143,7 @@ absl::StatusOr<TraceEnd> Trace(Session& s, absl::Duration duration, absl::Durati
     if (!poll.ok()) return poll.status();
     registry.Add(*poll);
     SampleHeap(s);
+    CheckUntraced(s);
     if (on_tick) on_tick(absl::Now() - start);
     next += interval;
     if (next < absl::Now()) next = absl::Now() + interval;  // we fell behind: skip ticks
@@ -123,7 +152,12 @@ absl::StatusOr<TraceEnd> Trace(Session& s, absl::Duration duration, absl::Durati
   // (Detaching takes ~0.1-0.3 s per probe, in the kernel's uprobe
   // unregistration; the window reported ends where detaching starts.)
   end.traced = absl::Now() - start;
-  if (end.event != StopWatcher::Event::kTargetExit) SampleHeap(s);
+  // (After an exit or an exec the process's memory is no longer the traced
+  // program's.)
+  if (end.event != StopWatcher::Event::kTargetExit && end.event != StopWatcher::Event::kTargetExec) {
+    SampleHeap(s);
+    CheckUntraced(s);
+  }
   s.malloc.reset();  // detach the malloc probes too
   s.tracer->Detach();
   absl::StatusOr<Poll> poll = s.tracer->Read(/*reap_destroyed=*/true);
@@ -143,6 +177,8 @@ std::string StoppedBy(StopWatcher::Event e) {
       return "signal";
     case StopWatcher::Event::kTargetExit:
       return "target exit";
+    case StopWatcher::Event::kTargetExec:
+      return "target exec";
   }
   return "?";
 }
@@ -155,7 +191,16 @@ TraceInfo InfoOf(const Session& s, const TraceEnd& end) {
   info.stopped_by = StoppedBy(end.event);
   info.probes_attached = s.tracer->attachments().size();
   info.objects = s.target.objects.size();
+  info.untraced_objects = s.untraced;
   return info;
+}
+
+// "exec'd /new/program" (what the target runs now), for messages.
+std::string ExecedWhat(const Target& t) {
+  char buf[4096];
+  const ssize_t n = ::readlink(absl::StrCat("/proc/", t.pid, "/exe").c_str(), buf, sizeof(buf) - 1);
+  if (n <= 0) return "exec'd another program";
+  return absl::StrCat("exec'd ", Printable(absl::string_view(buf, static_cast<size_t>(n))));
 }
 
 absl::StatusOr<Session> Start(const Options& o) {
@@ -182,14 +227,24 @@ absl::StatusOr<Verdict> RunTriage(const Options& o, std::ostream& out, std::ostr
   Registry registry;
   absl::StatusOr<TraceEnd> end = Trace(*s, o.duration, o.interval, registry, nullptr);
   if (!end.ok()) return end.status();
-  if (end->event == StopWatcher::Event::kTargetExit) {
+  if (end->event == StopWatcher::Event::kTargetExit ||
+      end->event == StopWatcher::Event::kTargetExec) {
+    const std::string what = end->event == StopWatcher::Event::kTargetExit
+                                 ? std::string("exited")
+                                 : ExecedWhat(s->target);
     if (registry.empty()) {
       return absl::UnavailableError(absl::StrFormat(
-          "pid %d exited after %.1fs before any map fired a probe: nothing to report",
-          s->target.pid, absl::ToDoubleSeconds(end->traced)));
+          "pid %d %s after %.1fs before any map fired a probe: nothing to report%s",
+          s->target.pid, what, absl::ToDoubleSeconds(end->traced),
+          s->untraced.empty()
+              ? ""
+              : absl::StrCat(" (", s->untraced.size(),
+                             " objects with syncmap probes were loaded after attach and not "
+                             "traced, e.g. ",
+                             Printable(s->untraced[0]), ")")));
     }
-    err << absl::StrFormat("mapscope: pid %d exited after %.1fs; reporting what was gathered",
-                           s->target.pid, absl::ToDoubleSeconds(end->traced))
+    err << absl::StrFormat("mapscope: pid %d %s after %.1fs; reporting what was gathered",
+                           s->target.pid, what, absl::ToDoubleSeconds(end->traced))
         << std::endl;
   }
   const TriageReport report =
@@ -203,17 +258,25 @@ absl::StatusOr<Verdict> RunTop(const Options& o, std::ostream& out, std::ostream
   if (!s.ok()) return s.status();
   if (absl::Status st = Attach(o, *s, err); !st.ok()) return st;
   const bool tty = ::isatty(STDOUT_FILENO) && &out == &std::cout;
-  Registry registry;
+  // The table shows rates over the latest interval: a few samples per map
+  // are enough, and a destroyed map is shown once, then forgotten (memory
+  // stays bounded however long top runs and however many maps come and go).
+  Registry registry(absl::Now(), /*max_samples_per_map=*/4);
   TraceEnd progress;
   auto draw = [&](absl::Duration up) {
     progress.traced = up;
     if (tty) out << "\033[H\033[2J";
     out << FormatTopTable(registry, InfoOf(*s, progress)) << (tty ? "" : "\n") << std::flush;
+    registry.ForgetDestroyed();
   };
   absl::StatusOr<TraceEnd> end = Trace(*s, o.duration, o.interval, registry, draw);
   if (!end.ok()) return end.status();
   if (end->event == StopWatcher::Event::kTargetExit) {
     err << absl::StrFormat("mapscope: pid %d exited", s->target.pid) << std::endl;
+  } else if (end->event == StopWatcher::Event::kTargetExec) {
+    err << absl::StrFormat("mapscope: pid %d %s; its probes went with the old program",
+                           s->target.pid, ExecedWhat(s->target))
+        << std::endl;
   }
   return Verdict::kOk;
 }

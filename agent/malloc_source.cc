@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "fd.h"
 #include "malloc.h"
 #include "malloc.skel.h"
@@ -642,7 +643,8 @@ absl::StatusOr<std::unique_ptr<MallocSource>> MallocSource::Open(pid_t pid, Mode
   if (!maps.ok()) return maps.status();
 
   const MappedFile* preload = FindMapping(*maps, &IsPreload);
-  if (mode == Mode::kAuto) mode = preload ? Mode::kPreload : Mode::kUprobe;
+  const bool auto_mode = mode == Mode::kAuto;
+  if (auto_mode) mode = preload ? Mode::kPreload : Mode::kUprobe;
 
   std::unique_ptr<MallocSource> src(new MallocSource(pid, mode));
   if (mode == Mode::kOff) return src;
@@ -665,8 +667,32 @@ absl::StatusOr<std::unique_ptr<MallocSource>> MallocSource::Open(pid_t pid, Mode
     src->object_path_ = libc->path;
     absl::Status st = src->AttachUprobes(OpenPath(pid, *libc), options, verbose);
     if (!st.ok()) return st;
+    if (auto_mode) src->auto_max_rate_ = options.auto_max_rate;
+    src->last_read_ = absl::Now();
   }
   return src;
+}
+
+// auto: a target whose allocator calls make uprobes dear loses them (at the
+// first Read() that sees the rate; the target paid for one interval).
+bool MallocSource::DropIfTooDear(const MallocCounters& c, MallocCounters& out) {
+  const absl::Time now = absl::Now();
+  const uint64_t calls = c.allocs + c.frees + c.free_unknown;
+  const double dt = absl::ToDoubleSeconds(now - last_read_);
+  const double rate = dt > 0 ? static_cast<double>(calls - last_calls_) / dt : 0;
+  last_read_ = now;
+  last_calls_ = calls;
+  if (auto_max_rate_ == 0 || rate <= static_cast<double>(auto_max_rate_)) return false;
+  bpf_.reset();  // detaches the uprobes
+  mode_ = Mode::kOff;
+  out = MallocCounters();
+  out.source = ModeName(mode_);
+  out.dropped = absl::StrFormat(
+      "pid %d calls malloc/free %.0f times a second: libc uprobes (~1 us a call) would slow it "
+      "down, detached (--malloc-max-rate %d); heap_growth falls back to RSS.  Start it with "
+      "LD_PRELOAD=%s for near-free counts, or insist with --malloc=uprobe",
+      pid_, rate, auto_max_rate_, kPreloadName);
+  return true;
 }
 
 // Opens the skeleton with the programs of one source and the target's
@@ -888,6 +914,7 @@ absl::StatusOr<MallocCounters> MallocSource::Read() {
   c.mmap_bytes = sum.mmap_bytes;
   c.munmaps = sum.munmaps;
   c.munmap_bytes = sum.munmap_bytes;
+  if (MallocCounters off; DropIfTooDear(c, off)) return off;
   return c;
 }
 

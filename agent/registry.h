@@ -6,8 +6,12 @@
 // the tracer reaped (destroyed, deleted from the BPF tables) keep their last
 // sample here, so the final report still has them.
 //
-// The series is bounded (oldest samples are thinned out first), so `top`
-// can run for days.
+// The series is bounded (oldest samples are thinned out first), per map and
+// in total (kMaxTotalSamples over all maps: with many maps each keeps fewer,
+// never under kMinSamplesPerMap), so `top` and `serve` can run for days on a
+// process with thousands of maps.  Long-running commands call
+// ForgetDestroyed() once they have shown a destroyed map, so a process that
+// creates and destroys maps all the time does not grow the agent either.
 
 #ifndef MAPSCOPE_AGENT_REGISTRY_H_
 #define MAPSCOPE_AGENT_REGISTRY_H_
@@ -24,6 +28,12 @@ namespace mapscope {
 
 class Registry {
  public:
+  // Samples kept over all maps (a MapSample is ~800 bytes: ~200 MiB).
+  static constexpr size_t kMaxTotalSamples = size_t{1} << 18;
+  // ... but at least this many per map (the checks judge the latest few),
+  // unless the registry was made with fewer.
+  static constexpr size_t kMinSamplesPerMap = 8;
+
   // `start`: when the trace started (series times are relative to it).
   explicit Registry(absl::Time start = absl::Now(), size_t max_samples_per_map = 3600)
       : start_(start), max_samples_(max_samples_per_map) {}
@@ -32,6 +42,13 @@ class Registry {
   //
   // Appends a poll.  Maps absent from it keep their series unchanged.
   void Add(const Poll& poll);
+
+  // Registry::ForgetDestroyed()
+  //
+  // Drops the series of every destroyed map (after the report that showed
+  // it): the memory of a long `top` or `serve` stays proportional to the
+  // live maps.
+  void ForgetDestroyed();
 
   // Every map seen, by key.
   const std::map<MapKey, MapSeries>& maps() const { return maps_; }

@@ -20,39 +20,6 @@ Json OptNumber(const std::optional<double>& v) { return v ? Json(*v) : Json(null
 // A ratio rounded to 4 decimals for JSON (the exact fraction is in the gauges).
 double Round4(double v) { return std::round(v * 1e4) / 1e4; }
 
-// Target-controlled text (map names, and findings that quote them) made
-// safe for a terminal and a line-oriented reader: control characters,
-// backslashes and bytes that are not valid UTF-8 become C-style escapes
-// (\n, \t, \\, \xNN); valid UTF-8 passes through.
-std::string Printable(absl::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const size_t n = Utf8Len(s, i);
-    if (n > 1) {
-      out.append(s.data() + i, n);
-      i += n;
-      continue;
-    }
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c < 0x20 || c >= 0x7f) {
-      out += absl::StrFormat("\\x%02x", c);
-    } else {
-      out += static_cast<char>(c);
-    }
-    ++i;
-  }
-  return out;
-}
-
 // The first `width` bytes of `s`, not cutting a UTF-8 character.
 std::string Fit(const std::string& s, size_t width) {
   if (s.size() <= width) return s;
@@ -299,6 +266,7 @@ std::string FormatTriageJson(const TriageReport& r) {
   j["comm"] = r.info.comm;
   j["stopped_by"] = r.info.stopped_by;
   j["probes_attached"] = r.info.probes_attached;
+  j["untraced_objects"] = r.info.untraced_objects;
   return j.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
 }
 
@@ -353,6 +321,11 @@ std::string FormatTriageText(const TriageReport& r) {
   }
   absl::StrAppend(&out, MallocLine(r));
   absl::StrAppend(&out, DropsLine(r.drops), "\n");
+  for (const std::string& path : r.info.untraced_objects) {
+    absl::StrAppend(&out, "not traced: ", Printable(path),
+                    " (syncmap probes, loaded after mapscope attached: its maps are missing "
+                    "above; run mapscope again to include them)\n");
+  }
   return out;
 }
 
@@ -415,11 +388,12 @@ std::string FormatTopTable(const Registry& registry, const TraceInfo& info) {
 
 std::string FormatListText(const Target& target, const std::vector<ObjectProbes>& objects,
                            const Registry& registry) {
-  std::string out = absl::StrFormat("pid %d (%s): %s\n", target.pid, target.comm, target.exe);
+  std::string out =
+      absl::StrFormat("pid %d (%s): %s\n", target.pid, target.comm, Printable(target.exe));
   absl::StrAppend(&out, absl::StrFormat("objects with syncmap probes (%d of %d mapped files):\n",
                                         objects.size(), target.files_scanned));
   for (const ObjectProbes& o : objects) {
-    absl::StrAppend(&out, "  ", o.object->path, o.object->is_executable ? "  [executable]" : "",
+    absl::StrAppend(&out, "  ", Printable(o.object->path), o.object->is_executable ? "  [executable]" : "",
                     "\n    probes:");
     for (const auto& [probe, sem] : o.semaphores) {
       absl::StrAppend(&out, " ", probe);

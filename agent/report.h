@@ -31,6 +31,9 @@ struct TraceInfo {
   std::string stopped_by;  // "duration", "signal", "target exit"
   size_t probes_attached = 0;
   size_t objects = 0;
+  // Objects with syncmap probes the target loaded after mapscope attached:
+  // their maps were not traced (target.h, UntracedProbeObjects).
+  std::vector<std::string> untraced_objects;
 };
 
 // One map's triage summary: events of the trace window, the newest gauges

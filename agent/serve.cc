@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <memory>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -12,6 +13,7 @@
 #include "prometheus.h"
 #include "registry.h"
 #include "target.h"
+#include "text.h"
 #include "tracer.h"
 #include "watch.h"
 
@@ -40,8 +42,10 @@ absl::StatusOr<Verdict> RunServe(const Options& o, std::ostream& out, std::ostre
 
   // The watcher blocks SIGINT/SIGTERM before any thread (libmicrohttpd's)
   // starts, so they reach its signalfd.
-  absl::StatusOr<std::unique_ptr<StopWatcher>> watcher = StopWatcher::Create(target->pid);
+  absl::StatusOr<std::unique_ptr<StopWatcher>> watcher = StopWatcher::Create(*target);
   if (!watcher.ok()) return watcher.status();
+  StopForTestAt("attach");
+  if (absl::Status s = CheckTargetRunning(*target); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<Tracer>> tracer =
       Tracer::Create(*target, {.max_maps = o.max_maps});
   if (!tracer.ok()) return tracer.status();
@@ -51,7 +55,7 @@ absl::StatusOr<Verdict> RunServe(const Options& o, std::ostream& out, std::ostre
     absl::StatusOr<MallocSource::Mode> mode = MallocSource::ParseMode(o.malloc_mode);
     if (!mode.ok()) return mode.status();
     absl::StatusOr<std::unique_ptr<MallocSource>> m =
-        MallocSource::Open(target->pid, *mode, o.verbose);
+        MallocSource::Open(target->pid, *mode, o.verbose, {.auto_max_rate = o.malloc_max_rate});
     if (m.ok()) {
       malloc = *std::move(m);
     } else if (*mode != MallocSource::Mode::kAuto) {
@@ -61,6 +65,9 @@ absl::StatusOr<Verdict> RunServe(const Options& o, std::ostream& out, std::ostre
           << std::endl;
     }
   }
+
+  // Attached by PID number: not to a newcomer that got it after the target died.
+  if (absl::Status s = CheckPidNotReused(*target); !s.ok()) return s;
 
   absl::StatusOr<std::unique_ptr<MetricsServer>> server = MetricsServer::Start(*addr);
   if (!server.ok()) return server.status();
@@ -89,6 +96,7 @@ absl::StatusOr<Verdict> RunServe(const Options& o, std::ostream& out, std::ostre
     h.dt_s = heap.empty() ? h.t_s : h.t_s - heap.back().t_s;
     if (malloc) {
       if (absl::StatusOr<MallocCounters> c = malloc->Read(); c.ok()) {
+        if (!c->dropped.empty()) err << "mapscope: warning: " << c->dropped << std::endl;
         malloc_last = *c;
         h.outstanding_known = c->known;
         h.outstanding_bytes = c->outstanding_bytes;
@@ -111,6 +119,9 @@ absl::StatusOr<Verdict> RunServe(const Options& o, std::ostream& out, std::ostre
     }
     in.findings = health::CheckAll(histories, heap, o.thresholds);
     (*server)->Publish(FormatPrometheus(in));
+    // Destroyed maps have left the exposition: forget them, so a process
+    // that creates and destroys maps all the time does not grow the agent.
+    registry.ForgetDestroyed();
     return absl::OkStatus();
   };
 
@@ -118,10 +129,17 @@ absl::StatusOr<Verdict> RunServe(const Options& o, std::ostream& out, std::ostre
   const absl::Time deadline =
       o.duration > absl::ZeroDuration() ? start + o.duration : absl::InfiniteFuture();
   StopWatcher::Event event;
+  std::set<std::string> scanned;  // files looked at for untraced probes
   for (absl::Time next = start + o.interval;;) {
     event = (*watcher)->WaitUntil(std::min(next, deadline));
     if (event != StopWatcher::Event::kTick) break;
     if (absl::Status s = poll_and_publish(); !s.ok()) return s;
+    for (const std::string& path : UntracedProbeObjects(*target, &scanned)) {
+      err << "mapscope: warning: pid " << target->pid << " loaded " << Printable(path)
+          << " (syncmap probes) after mapscope attached: its maps are not served; restart "
+             "mapscope serve to include them"
+          << std::endl;
+    }
     if (absl::Now() >= deadline) break;
     next += o.interval;
     if (next < absl::Now()) next = absl::Now() + o.interval;

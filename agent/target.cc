@@ -3,7 +3,10 @@
 #include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <set>
@@ -23,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "fd.h"
+#include "text.h"
 
 namespace mapscope {
 namespace {
@@ -45,6 +50,16 @@ std::string ReadLine(const std::string& path) {
   std::string line;
   std::getline(in, line);
   return line;
+}
+
+// /proc/PID/comm without its final newline.  The name is the process's to
+// set (prctl PR_SET_NAME): it may hold newlines itself, so it is not read as
+// a line.
+std::string ReadComm(pid_t pid) {
+  std::ifstream in(ProcPath(pid, "comm"), std::ios::binary);
+  std::string comm((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+  return comm;
 }
 
 bool ProcessExists(pid_t pid) {
@@ -198,6 +213,27 @@ absl::StatusOr<std::vector<Mapping>> ReadMappings(pid_t pid) {
 
 namespace {
 
+// Field 22 of /proc/PID/stat (starttime, clock ticks after boot): with the
+// PID, it names one process; 0 if unknown (gone).
+uint64_t StartTime(pid_t pid) {
+  const std::string stat = ReadLine(ProcPath(pid, "stat"));
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return 0;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string f;
+  for (int i = 3; i <= 22 && (fields >> f); ++i) {
+  }
+  return std::strtoull(f.c_str(), nullptr, 10);
+}
+
+// True once the process behind `pidfd` has exited (pidfds poll readable
+// then).  False for an invalid fd.
+bool PidfdExited(const std::shared_ptr<Fd>& pidfd) {
+  if (!pidfd || !pidfd->valid()) return false;
+  pollfd p = {pidfd->get(), POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP));
+}
+
 // Seconds since `pid` started (or exec'd: a shell's `cmd & mapscope --pid $!`
 // races the fork's exec), from /proc/PID/stat; a large value if unknown.
 double ProcessAgeSeconds(pid_t pid) {
@@ -229,6 +265,7 @@ pid_t ThreadGroupOf(pid_t tid) {
 }
 
 absl::StatusOr<Target> ResolveOnce(pid_t pid);
+absl::StatusOr<Target> ResolveFiles(Target t);
 
 }  // namespace
 
@@ -257,7 +294,37 @@ absl::StatusOr<Target> ResolveOnce(pid_t pid) {
   pid = ThreadGroupOf(pid);
   Target t;
   t.pid = pid;
-  t.comm = ReadLine(ProcPath(pid, "comm"));
+  // The process first, its /proc files second: everything read below is
+  // checked against this pidfd at the end, so a PID that changed hands
+  // meanwhile is never mistaken for the process the user named.
+  t.pidfd = std::make_shared<Fd>(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!t.pidfd->valid()) {
+    if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("pid ", pid, ": no such process"));
+    if (errno != ENOSYS) {  // ENOSYS (before Linux 5.3): the start time alone guards
+      return absl::ErrnoToStatus(errno, absl::StrCat("pidfd_open(", pid, ")"));
+    }
+  }
+  if (PidfdExited(t.pidfd)) {
+    return absl::NotFoundError(
+        absl::StrFormat("pid %d: no such process (it has exited and is a zombie)", pid));
+  }
+  t.start_time = StartTime(pid);
+  StopForTestAt("resolve");
+  const std::shared_ptr<Fd> pidfd = t.pidfd;
+  const uint64_t start_time = t.start_time;
+  absl::StatusOr<Target> resolved = ResolveFiles(std::move(t));
+  // Still the same process?  Then every /proc read above was about it (a
+  // PID is not reused while its process, or its zombie, exists).
+  if (PidfdExited(pidfd) || StartTime(pid) != start_time) {
+    return absl::NotFoundError(absl::StrFormat(
+        "pid %d: no such process (it exited while mapscope resolved it)", pid));
+  }
+  return resolved;
+}
+
+absl::StatusOr<Target> ResolveFiles(Target t) {
+  const pid_t pid = t.pid;
+  t.comm = Printable(ReadComm(pid));
   char buf[4096];
   const ssize_t n = ::readlink(ProcPath(pid, "exe").c_str(), buf, sizeof(buf) - 1);
   if (n < 0) {
@@ -284,6 +351,12 @@ absl::StatusOr<Target> ResolveOnce(pid_t pid) {
   // One entry per mapped file; the executable first.
   std::map<std::string, const Mapping*> files;
   for (const Mapping& m : *maps) files.emplace(m.path, &m);
+  if (auto exe = files.find(t.exe); exe != files.end()) {
+    // Reads through this fd stop working when the process exec's: its
+    // address space is released (TargetExeced).
+    t.mem = std::make_shared<Fd>(::open(ProcPath(pid, "mem").c_str(), O_RDONLY | O_CLOEXEC));
+    t.mem_check_addr = exe->second->start;
+  }
   std::vector<std::string> order;
   if (files.count(t.exe)) order.push_back(t.exe);
   for (const auto& [path, m] : files) {
@@ -295,6 +368,7 @@ absl::StatusOr<Target> ResolveOnce(pid_t pid) {
     const Mapping& m = *files[path];
     ProbeObject obj;
     obj.path = path;
+    obj.inode = m.inode;
     obj.is_executable = path == t.exe;
     if (absl::EndsWith(path, kDeleted)) {
       // Replaced on disk since it was mapped: reach the mapped inode itself.
@@ -316,12 +390,72 @@ absl::StatusOr<Target> ResolveOnce(pid_t pid) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "pid %d (%s): no syncmap probes in %s or its %d other mapped files (is it built with "
         "syncmap::SyncMap and its USDT probes?)",
-        pid, t.comm, t.exe, t.files_scanned > 0 ? t.files_scanned - 1 : 0));
+        pid, t.comm, Printable(t.exe), t.files_scanned > 0 ? t.files_scanned - 1 : 0));
   }
   return t;
 }
 
 }  // namespace
+
+bool TargetExited(const Target& target) { return PidfdExited(target.pidfd); }
+
+std::vector<std::string> UntracedProbeObjects(const Target& target,
+                                              std::set<std::string>* scanned) {
+  std::vector<std::string> out;
+  absl::StatusOr<std::vector<Mapping>> maps = ReadMappings(target.pid);
+  if (!maps.ok() || TargetExited(target)) return out;
+  // A file is its inode (and path, without the " (deleted)" the kernel
+  // appends once it is replaced on disk: still the same, traced file).
+  auto key_of = [](uint64_t inode, absl::string_view path) {
+    absl::ConsumeSuffix(&path, kDeleted);
+    return absl::StrCat(inode, ":", path);
+  };
+  std::set<std::string> attached;
+  for (const ProbeObject& o : target.objects) attached.insert(key_of(o.inode, o.path));
+  for (const Mapping& m : *maps) {
+    const std::string key = key_of(m.inode, m.path);
+    if (attached.count(key) || !scanned->insert(key).second) continue;
+    const std::string open_path =
+        absl::EndsWith(m.path, kDeleted)
+            ? ProcPath(target.pid, absl::StrFormat("map_files/%x-%x", m.start, m.end))
+            : ProcPath(target.pid, "root") + m.path;
+    absl::StatusOr<std::vector<ProbeSite>> sites = ReadProbeSites(open_path, kProvider);
+    if (sites.ok() && !sites->empty()) out.push_back(m.path);
+  }
+  return out;
+}
+
+absl::Status CheckTargetRunning(const Target& target) {
+  if (!TargetExited(target) && StartTime(target.pid) == target.start_time) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrFormat(
+      "pid %d (%s) exited before mapscope attached: nothing traced", target.pid, target.comm));
+}
+
+absl::Status CheckPidNotReused(const Target& target) {
+  const uint64_t start = StartTime(target.pid);
+  if (start == 0 || start == target.start_time) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrFormat(
+      "pid %d (%s) exited while mapscope attached, and the PID now belongs to another process: "
+      "not tracing that one",
+      target.pid, target.comm));
+}
+
+bool TargetExeced(const Target& target) {
+  if (!target.mem || !target.mem->valid() || !target.mem_check_addr) return false;
+  char byte;
+  if (::pread(target.mem->get(), &byte, 1, static_cast<off_t>(target.mem_check_addr)) == 1) {
+    return false;
+  }
+  // The old address space is gone: exec'd, or exited (then the pidfd says so).
+  return !TargetExited(target) && ProcessExists(target.pid);
+}
+
+void StopForTestAt(absl::string_view point) {
+  static std::set<std::string>* stopped = new std::set<std::string>();
+  const char* at = std::getenv("MAPSCOPE_TEST_STOP_AT");
+  if (!at || point != at || !stopped->insert(std::string(point)).second) return;
+  ::raise(SIGSTOP);
+}
 
 absl::StatusOr<uint64_t> SemaphoreAddress(pid_t pid, const ProbeObject& object,
                                           const ProbeSite& site) {

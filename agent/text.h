@@ -8,6 +8,7 @@
 #define MAPSCOPE_AGENT_TEXT_H_
 
 #include <cstddef>
+#include <string>
 
 #include "absl/strings/string_view.h"
 
@@ -18,6 +19,14 @@ namespace mapscope {
 // The length of the valid UTF-8 sequence at s[i]: 1 to 4, or 0 when the
 // bytes there are not one (truncated, overlong, a surrogate, past U+10FFFF).
 size_t Utf8Len(absl::string_view s, size_t i);
+
+// Printable()
+//
+// Target-controlled text (map names, the process's comm, paths, and
+// findings that quote them) made safe for a terminal and a line-oriented
+// reader: control characters, backslashes and bytes that are not valid UTF-8
+// become C-style escapes (\n, \t, \\, \xNN); valid UTF-8 passes through.
+std::string Printable(absl::string_view s);
 
 }  // namespace mapscope
 

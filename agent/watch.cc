@@ -5,6 +5,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +19,26 @@ absl::StatusOr<std::unique_ptr<StopWatcher>> StopWatcher::Create(pid_t pid) {
     if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("pid ", pid, ": no such process"));
     return absl::ErrnoToStatus(errno, absl::StrCat("pidfd_open(", pid, ")"));
   }
+  return Watch(std::move(pidfd));
+}
+
+absl::StatusOr<std::unique_ptr<StopWatcher>> StopWatcher::Create(const Target& target) {
+  if (!target.pidfd || !target.pidfd->valid()) return Create(target.pid);
+  Fd pidfd(::fcntl(target.pidfd->get(), F_DUPFD_CLOEXEC, 0));
+  if (!pidfd.valid()) return absl::ErrnoToStatus(errno, "dup pidfd");
+  absl::StatusOr<std::unique_ptr<StopWatcher>> w = Watch(std::move(pidfd));
+  if (!w.ok()) return w.status();
+  Target& t = (*w)->target_;
+  t.pid = target.pid;
+  t.comm = target.comm;
+  t.pidfd = target.pidfd;
+  t.start_time = target.start_time;
+  t.mem = target.mem;
+  t.mem_check_addr = target.mem_check_addr;
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<StopWatcher>> StopWatcher::Watch(Fd pidfd) {
   sigset_t mask, old;
   sigemptyset(&mask);
   sigaddset(&mask, SIGINT);
@@ -47,8 +69,15 @@ StopWatcher::Event StopWatcher::WaitUntil(absl::Time deadline) {
   for (;;) {
     if (signo_) return Event::kSignal;
     if (exited_) return Event::kTargetExit;
+    if (execed_) return Event::kTargetExec;
     const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) return Event::kTick;
+    if (left <= absl::ZeroDuration()) {
+      if (target_.pid != 0 && TargetExeced(target_)) {
+        execed_ = true;
+        continue;
+      }
+      return Event::kTick;
+    }
     pollfd fds[2] = {{sigfd_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}};
     const int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1)));
     const int n = ::poll(fds, 2, static_cast<int>(std::min<int64_t>(ms, 1 << 30)));
@@ -71,6 +100,8 @@ absl::string_view StopWatcher::EventName(Event e) {
       return "signal";
     case Event::kTargetExit:
       return "target exit";
+    case Event::kTargetExec:
+      return "target exec";
   }
   return "?";
 }

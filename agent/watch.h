@@ -2,7 +2,8 @@
 // -----------------------------------------------------------------------------
 //
 // StopWatcher: waits for the next poll tick, a stop request (SIGINT, SIGTERM)
-// or the target's exit, whichever comes first.  Signals are received through
+// or the target's exit, whichever comes first; at each tick it also notices
+// a target that exec'd another program (kTargetExec).  Signals are received through
 // a signalfd (blocked for the process while the watcher lives, restored
 // after), the target's exit through a pidfd, so there is no async signal
 // handler and no global flag.
@@ -24,18 +25,24 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "fd.h"
+#include "target.h"
 
 namespace mapscope {
 
 class StopWatcher {
  public:
-  enum class Event { kTick, kSignal, kTargetExit };
+  enum class Event { kTick, kSignal, kTargetExit, kTargetExec };
 
   // StopWatcher::Create()
   //
   // Blocks SIGINT and SIGTERM for the calling thread (call it before any
   // other thread starts) and watches `pid`.  NotFound if pid is gone.
   static absl::StatusOr<std::unique_ptr<StopWatcher>> Create(pid_t pid);
+
+  // The same for a resolved target: watches the very process ResolveTarget
+  // found (its pidfd, never the PID number again), and reports kTargetExec
+  // at the first tick after it exec'd.
+  static absl::StatusOr<std::unique_ptr<StopWatcher>> Create(const Target& target);
   ~StopWatcher();
 
   StopWatcher(const StopWatcher&) = delete;
@@ -43,9 +50,9 @@ class StopWatcher {
 
   // StopWatcher::WaitUntil()
   //
-  // Returns kTick at `deadline`, or earlier kSignal / kTargetExit.  Once the
-  // target has exited or a signal arrived, every later call returns that
-  // event at once.
+  // Returns kTick at `deadline`, or earlier kSignal / kTargetExit (or, at
+  // the deadline, kTargetExec).  Once the target has exited or exec'd or a
+  // signal arrived, every later call returns that event at once.
   Event WaitUntil(absl::Time deadline);
 
   // The signal that stopped us (0 if none).
@@ -54,14 +61,17 @@ class StopWatcher {
   static absl::string_view EventName(Event e);
 
  private:
+  static absl::StatusOr<std::unique_ptr<StopWatcher>> Watch(Fd pidfd);
   StopWatcher(Fd sigfd, Fd pidfd, const sigset_t& old_mask)
       : sigfd_(std::move(sigfd)), pidfd_(std::move(pidfd)), old_mask_(old_mask) {}
 
   Fd sigfd_;
   Fd pidfd_;
   sigset_t old_mask_;
+  Target target_;  // pid and the fds only (Create(const Target&)); pid 0 otherwise
   int signo_ = 0;
   bool exited_ = false;
+  bool execed_ = false;
 };
 
 }  // namespace mapscope

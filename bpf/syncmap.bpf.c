@@ -35,6 +35,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * copies ~200 bytes, so this only runs out if the holder was preempted. */
 #define SNAP_LOCK_SPINS 64
 #define SNAP_EVERY_NS 1000000ull /* 1 ms */
+/* Fields are only appended; a writer this much larger is garbage. */
+#define SNAP_MAX_SIZE 4096
 
 /* Current incarnation of each map address seen alive. */
 struct {
@@ -276,7 +278,9 @@ static __always_inline int on_event(enum probe_kind kind, __u64 map, const void 
 		/* gauges fresh enough */
 	} else if (bpf_probe_read_user(&snap, sizeof(snap), snap_ptr)) {
 		drop(SYNCMAP_DROP_SNAP_READ);
-	} else if (snap.size < offsetof(struct syncmap_snapshot, rebuild_copied) + 8) {
+	} else if (snap.size < offsetof(struct syncmap_snapshot, rebuild_copied) + 8 ||
+		   snap.size > SNAP_MAX_SIZE || snap.version == 0) {
+		/* Too short for what we read, or not a snapshot at all. */
 		drop(SYNCMAP_DROP_SNAP_SHORT);
 	} else {
 		/* An older writer: clear the fields it does not have. */

@@ -77,7 +77,7 @@ struct syncmap_state {
 enum syncmap_drop {
 	SYNCMAP_DROP_EVENT_MAP_FULL = 0,  /* states/counters/live full: event lost */
 	SYNCMAP_DROP_SNAP_READ = 1,       /* bpf_probe_read_user(snapshot) failed */
-	SYNCMAP_DROP_SNAP_SHORT = 2,      /* snapshot smaller than this reader's */
+	SYNCMAP_DROP_SNAP_SHORT = 2,      /* snapshot too small for this reader, or garbage */
 	SYNCMAP_DROP_SNAP_BUSY = 3,       /* snapshot lock contended too long */
 	SYNCMAP_DROP_NAME_READ = 4,       /* reading the map's name failed */
 	SYNCMAP_DROP_ARG = 5,             /* a USDT argument could not be fetched */

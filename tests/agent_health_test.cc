@@ -116,9 +116,14 @@ TEST(Health, HealthyScenarioIsOk) {
 TEST(Health, ChurnScenarioIsOkAndNeverALeak) {
   REQUIRE_ROOT();
   Outcome o = Triage("churn", 5);
-  EXPECT_EQ(o.exit_code, 0) << Dump(o);
-  EXPECT_EQ(Counted(o.report).count("leak"), 0u) << Dump(o);
-  EXPECT_TRUE(Counted(o.report).empty()) << Dump(o);
+  // Churn moves its key set: at full speed (no malloc uprobes slowing it)
+  // it does ~200 promotions+rebuilds a second and spends a few % of its
+  // time in them, which promotion_jitter may rightly report as a warning.
+  // Nothing else: it holds no dead entries and its heap does not grow.
+  EXPECT_LE(o.exit_code, 1) << Dump(o);
+  auto counted = Counted(o.report);
+  counted.erase("promotion_jitter");
+  EXPECT_TRUE(counted.empty()) << Dump(o);
 }
 
 TEST(Health, StaleScenarioIsStaleRead) {

@@ -39,7 +39,19 @@ inline std::string BuildDir() {
   return dir.substr(0, dir.rfind('/'));             // build
 }
 
-inline std::string Mapscope() { return BuildDir() + "/mapscope"; }
+// build/mapscope; for a sanitizer build of a test (build/tests/NAME.asan),
+// the sanitizer build of the agent, build/mapscope.asan, when there is one.
+inline std::string Mapscope() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  const std::string exe(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  const std::string asan = BuildDir() + "/mapscope.asan";
+  if (exe.size() > 5 && exe.compare(exe.size() - 5, 5, ".asan") == 0 &&
+      access(asan.c_str(), X_OK) == 0) {
+    return asan;
+  }
+  return BuildDir() + "/mapscope";
+}
 inline std::string Mapload() { return BuildDir() + "/mapload"; }
 inline std::string Fixture() { return BuildDir() + "/tests/map_lib_user"; }
 

@@ -6,25 +6,34 @@
 // /proc/PID/mem).
 //
 // Targets: build/mapload, tests/fixtures/map_lib_user and
-// tests/fixtures/fault_target (hostile map names; a forking process).
-// Needs root; skips otherwise.  Keep the whole suite well under ~90 s on a
-// loaded 2-core machine: every wait polls for its condition.
+// tests/fixtures/fault_target (hostile map names and comm; a forking
+// process).  Needs root; skips otherwise.  Keep the whole suite well under
+// ~90 s on a loaded 2-core machine: every wait polls for its condition.
+// (It also runs as build/tests/fault_test.asan, driving build/mapscope.asan.)
+//
+// More faults: tests/fault_lifecycle_test.cc (other tracers, PID reuse,
+// exec, dlclose), tests/fault_scale_test.cc (10 000 maps, map churn, agent
+// memory, unreadable probe arguments), tests/fault_sanitizer_test.cc (the
+// preload shim under TSAN).  Shared helpers: tests/fault_util.h.
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "agent_test_util.h"
+#include "fault_util.h"
 #include "target.h"
 
 namespace {
@@ -35,102 +44,8 @@ using agent_test::Mapload;
 using agent_test::Mapscope;
 using agent_test::TempDir;
 using std::chrono::seconds;
-using Clock = std::chrono::steady_clock;
 
-#define REQUIRE_ROOT() \
-  if (!agent_test::IsRoot()) GTEST_SKIP() << "needs root (CAP_BPF + CAP_PERFMON, uprobes)"
-
-std::string FaultTarget() { return agent_test::BuildDir() + "/tests/fault_target"; }
-
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// Polls `cond` every 20 ms until it holds or `timeout_s` passes.
-bool PollUntil(const std::function<bool()>& cond, double timeout_s) {
-  const auto until = Clock::now() + std::chrono::duration<double>(timeout_s);
-  for (;;) {
-    if (cond()) return true;
-    if (Clock::now() >= until) return false;
-    agent_test::SleepFor(0.02);
-  }
-}
-
-// Every probe semaphore of `pid`: (object:probe, value).  Empty when the
-// target cannot be resolved (not yet exec'd, or gone).
-std::vector<std::pair<std::string, uint16_t>> Semaphores(pid_t pid) {
-  std::vector<std::pair<std::string, uint16_t>> out;
-  absl::StatusOr<mapscope::Target> t = mapscope::ResolveTarget(pid);
-  if (!t.ok()) return out;
-  for (const mapscope::ProbeObject& o : t->objects) {
-    for (const mapscope::ProbeSite& s : o.probes) {
-      absl::StatusOr<uint16_t> v = mapscope::ReadSemaphore(pid, o, s);
-      if (!v.ok()) return {};
-      out.emplace_back(o.path + ":" + s.name, *v);
-    }
-  }
-  return out;
-}
-
-bool AnySemaphoreOn(pid_t pid) {
-  for (const auto& [name, v] : Semaphores(pid)) {
-    if (v != 0) return true;
-  }
-  return false;
-}
-
-bool AllSemaphoresOff(pid_t pid) {
-  const auto sems = Semaphores(pid);
-  if (sems.empty()) return false;
-  for (const auto& [name, v] : sems) {
-    if (v != 0) return false;
-  }
-  return true;
-}
-
-std::string DescribeSemaphores(pid_t pid) {
-  std::string s;
-  for (const auto& [name, v] : Semaphores(pid)) s += name + "=" + std::to_string(v) + " ";
-  return s;
-}
-
-// Exactly one line, "mapscope: ...".
-void ExpectOneLineError(const std::string& err) {
-  EXPECT_EQ(agent_test::CountLines(err), 1u) << "stderr:\n" << err;
-  EXPECT_EQ(err.rfind("mapscope: ", 0), 0u) << "stderr:\n" << err;
-  EXPECT_FALSE(err.empty());
-  if (!err.empty()) {
-    EXPECT_EQ(err.back(), '\n');
-  }
-}
-
-// A --stats-out of mapload or fault_target: parses, has maps, and each map's
-// gauges are self-consistent.
-void ExpectSaneStats(const std::string& path) {
-  const std::string text = agent_test::ReadFile(path);
-  const Json stats = Json::parse(text, nullptr, false);
-  ASSERT_FALSE(stats.is_discarded()) << path << ":\n" << text;
-  ASSERT_TRUE(stats.contains("maps")) << text;
-  ASSERT_GE(stats["maps"].size(), 1u) << text;
-  if (stats.contains("ops")) {
-    EXPECT_GT(stats["ops"].get<uint64_t>(), 0u) << text;
-  }
-  for (const Json& m : stats["maps"]) {
-    const uint64_t read_len = m["read_len"], dirty_len = m["dirty_len"],
-                   dirty_only = m["dirty_only"], live = m["live"], tombs = m["tombstones"],
-                   expunged = m["expunged"];
-    EXPECT_LE(dirty_only, dirty_len) << m.dump();
-    EXPECT_LE(live, read_len + dirty_only) << m.dump();
-    EXPECT_LE(tombs, read_len) << m.dump();
-    EXPECT_LE(expunged, tombs) << m.dump();
-    EXPECT_GT(m["store_new"].get<uint64_t>(), 0u) << m.dump();
-  }
-}
-
-// Starts `argv` and waits until its probes are resolvable (exec done).
-bool WaitResolvable(pid_t pid, double timeout_s = 20) {
-  return PollUntil([&] { return !Semaphores(pid).empty(); }, timeout_s);
-}
+using namespace fault_util;  // NOLINT: the shared fault helpers
 
 // ---------------------------------------------------------------------------
 // 1. The agent is killed (SIGKILL: no destructor, no detach code runs).
@@ -582,6 +497,136 @@ TEST(Fault, HostileMapNamesAreEscapedAndBounded) {
   }
   // Both detached: the target ended cleanly with sane stats.
   for (const Json& m : stats["maps"]) EXPECT_GT(m["store_new"].get<uint64_t>(), 0u);
+}
+
+}  // namespace
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// 5. More hostile input from the user: output paths that cannot be written.
+
+// record's outputs are opened before anything is attached: a bad path is one
+// line and exit 3 at once (not after --duration), nothing is attached, and a
+// file the run created is gone again.
+TEST(Fault, RecordToUnwritablePathIsOneLineExit3) {
+  REQUIRE_ROOT();
+  if (!HasSubcommand("record")) GTEST_SKIP() << "mapscope has no record subcommand yet";
+  TempDir dir;
+  Child target({Mapload(), "--scenario", "healthy", "--seconds", "120"}, dir.File("t.out"),
+               dir.File("t.err"));
+  ASSERT_TRUE(WaitResolvable(target.pid())) << target.err();
+  const std::string pid = std::to_string(target.pid());
+  ASSERT_EQ(mkfifo(dir.File("fifo").c_str(), 0644), 0);
+  const std::vector<std::pair<std::string, std::string>> paths = {
+      {"/proc/x", "No such file"},
+      {dir.File(""), "is a directory"},
+      {"/nonexistent/dir/f", "No such file"},
+      {dir.File("no\ndir/f"), "no\\ndir"},  // escaped in the one line
+      {dir.File("fifo"), "No such device"},  // nobody reads it: never block
+  };
+  for (const char* flag : {"--folded", "--events", "--html"}) {
+    for (const auto& [path, expect] : paths) {
+      SCOPED_TRACE(std::string(flag) + " '" + path + "'");
+      std::string out, err;
+      const auto t0 = Clock::now();
+      EXPECT_EQ(agent_test::Run({Mapscope(), "record", "--pid", pid, "--duration", "60", flag, path},
+                                &out, &err, seconds(90)),
+                3);
+      EXPECT_LT(Since(t0), 20.0) << "rejected only after recording";
+      ExpectOneLineError(err);
+      EXPECT_NE(err.find(flag), std::string::npos) << err;
+      EXPECT_NE(err.find(expect), std::string::npos) << err;
+      EXPECT_EQ(out, "");
+      EXPECT_TRUE(AllSemaphoresOff(target.pid())) << DescribeSemaphores(target.pid());
+    }
+  }
+  // A good --folded and a bad --html: the existing file is left as it was,
+  // a new one is not left behind.
+  {
+    const std::string existing = dir.File("existing.folded"), fresh = dir.File("fresh.folded");
+    {
+      std::ofstream(existing) << "keep me\n";
+    }
+    std::string out, err;
+    EXPECT_EQ(agent_test::Run({Mapscope(), "record", "--pid", pid, "--duration", "60", "--folded",
+                               existing, "--html", "/nonexistent/x.html"},
+                              &out, &err, seconds(90)),
+              3);
+    ExpectOneLineError(err);
+    EXPECT_EQ(agent_test::ReadFile(existing), "keep me\n");
+    EXPECT_EQ(agent_test::Run({Mapscope(), "record", "--pid", pid, "--duration", "60", "--folded",
+                               fresh, "--html", "/nonexistent/x.html"},
+                              &out, &err, seconds(90)),
+              3);
+    EXPECT_NE(access(fresh.c_str(), F_OK), 0) << "left an empty " << fresh << " behind";
+  }
+  // A write that fails at the end (a full device): exit 3, the reason on the
+  // last line, and detached.
+  {
+    std::string out, err;
+    EXPECT_EQ(agent_test::Run({Mapscope(), "record", "--pid", pid, "--duration", "1", "--folded",
+                               "/dev/full"},
+                              &out, &err, seconds(90)),
+              3);
+    const std::string last = err.substr(err.rfind('\n', err.size() - 2) + 1);
+    EXPECT_EQ(last, "mapscope: write /dev/full: No space left on device\n") << err;
+    EXPECT_TRUE(AllSemaphoresOff(target.pid())) << DescribeSemaphores(target.pid());
+  }
+  EXPECT_TRUE(target.Running());
+}
+
+// ---------------------------------------------------------------------------
+// 6. The process's own name (comm) is target-controlled too.
+
+bool HasRawControl(const std::string& s) {
+  for (unsigned char c : s) {
+    if ((c < 0x20 && c != '\n') || c == 0x7f) return true;
+  }
+  return false;
+}
+
+TEST(Fault, HostileCommIsEscapedInHeaders) {
+  REQUIRE_ROOT();
+  TempDir dir;
+  // "ev\nil\x1b[31m\xff": a newline, an escape sequence, invalid UTF-8.
+  Child target({FaultTarget(), "--mode", "comm", "--comm-hex", "65760a696c1b5b33316dff",
+                "--start-delay", "1.5", "--seconds", "2", "--stats-out", dir.File("stats.json")},
+               dir.File("t.out"), dir.File("t.err"));
+  ASSERT_TRUE(WaitResolvable(target.pid())) << target.err();
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        return agent_test::ReadFile("/proc/" + std::to_string(target.pid()) + "/comm")
+                   .rfind("ev\n", 0) == 0;
+      },
+      20));
+  const std::string pid = std::to_string(target.pid());
+  const std::string escaped = "ev\\nil\\x1b[31m\\xff";
+  Child text({Mapscope(), "triage", "--pid", pid, "--duration", "120"}, dir.File("x.out"),
+             dir.File("x.err"));
+  Child json({Mapscope(), "triage", "--pid", pid, "--duration", "120", "--json"},
+             dir.File("j.out"), dir.File("j.err"));
+  Child top({Mapscope(), "top", "--pid", pid, "--interval", "300ms"}, dir.File("p.out"),
+            dir.File("p.err"));
+  Child list({Mapscope(), "list", "--pid", pid, "--duration", "1"}, dir.File("l.out"),
+             dir.File("l.err"));
+  ASSERT_EQ(target.Wait(seconds(60)), 0) << target.err();
+  for (Child* c : {&text, &json, &top, &list}) {
+    const int rc = c->Wait(seconds(60));
+    EXPECT_GE(rc, 0) << c->err();
+    EXPECT_LE(rc, 2) << c->err();
+    EXPECT_FALSE(HasRawControl(c->out())) << c->out();
+    EXPECT_FALSE(HasRawControl(c->err())) << c->err();
+    EXPECT_TRUE(ValidUtf8(c->out()));
+    EXPECT_TRUE(ValidUtf8(c->err()));
+  }
+  EXPECT_NE(text.out().find("(" + escaped + "), traced"), std::string::npos) << text.out();
+  EXPECT_NE(text.err().find("(" + escaped + ")"), std::string::npos) << text.err();
+  EXPECT_NE(top.out().find("(" + escaped + ")"), std::string::npos) << top.out();
+  EXPECT_NE(list.out().find("(" + escaped + ")"), std::string::npos) << list.out();
+  const Json j = Json::parse(json.out(), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << json.out();
+  EXPECT_EQ(j["comm"], escaped);
 }
 
 }  // namespace

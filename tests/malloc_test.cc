@@ -22,6 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "malloc_source.h"
 
 namespace {
@@ -253,6 +256,50 @@ TEST(MallocSourceOpen, Errors) {
 
 // --- Kernel -----------------------------------------------------------------------
 
+// auto: uprobes on a target that calls the allocator faster than
+// auto_max_rate are detached at the Read() that sees it, with the reason;
+// with no limit they stay and count.
+TEST(MallocAuto, UprobesDroppedOnAMallocHeavyTarget) {
+  SKIP_UNLESS_ROOT();
+  for (const uint64_t limit : {uint64_t{20000}, uint64_t{0}}) {
+    SCOPED_TRACE(absl::StrCat("auto_max_rate ", limit));
+    auto target = Child::Spawn({Fixture("malloc_fixture"), "2000"}, false);
+    ASSERT_TRUE(target && target->Ready());
+    absl::StatusOr<std::unique_ptr<MallocSource>> src =
+        MallocSource::Open(target->pid(), Mode::kAuto, false, {.auto_max_rate = limit});
+    ASSERT_TRUE(src.ok()) << src.status();
+    ASSERT_EQ((*src)->mode(), Mode::kUprobe);
+    absl::StatusOr<MallocCounters> idle = (*src)->Read();  // nothing called yet
+    ASSERT_TRUE(idle.ok());
+    EXPECT_TRUE(idle->dropped.empty()) << idle->dropped;
+    const absl::Time t0 = absl::Now();
+    target->Send('g');
+    auto want = ParseResults(target->ReadLine());
+    absl::StatusOr<MallocCounters> c = (*src)->Read();
+    ASSERT_TRUE(c.ok()) << c.status();
+    const double rate = static_cast<double>(want["allocs"] + want["frees"]) /
+                        absl::ToDoubleSeconds(absl::Now() - t0);
+    ASSERT_GT(rate, 20000.0) << "the fixture is too slow to test the limit";
+    if (limit != 0) {
+      EXPECT_EQ((*src)->mode(), Mode::kOff);
+      EXPECT_EQ(c->source, "off");
+      EXPECT_FALSE(c->known);
+      EXPECT_TRUE(absl::StrContains(c->dropped, "--malloc-max-rate")) << c->dropped;
+      EXPECT_TRUE(absl::StrContains(c->dropped, "LD_PRELOAD")) << c->dropped;
+      absl::StatusOr<MallocCounters> later = (*src)->Read();
+      ASSERT_TRUE(later.ok());
+      EXPECT_TRUE(later->dropped.empty()) << "reported once";
+      EXPECT_FALSE(later->known);
+    } else {
+      EXPECT_EQ((*src)->mode(), Mode::kUprobe);
+      EXPECT_TRUE(c->dropped.empty());
+      EXPECT_EQ(c->allocs, want["allocs"]);
+      EXPECT_EQ(c->frees, want["frees"]);
+    }
+    EXPECT_EQ(target->Quit(), 0);
+  }
+}
+
 // The uprobe source sees exactly the fixture's calls, in the traced process
 // only: a second copy doing the same work at the same time is not counted.
 TEST(MallocUprobe, ExactCountsOfTheTargetOnly) {
@@ -264,8 +311,9 @@ TEST(MallocUprobe, ExactCountsOfTheTargetOnly) {
   ASSERT_TRUE(target && target->Ready());
   ASSERT_TRUE(bystander && bystander->Ready());
 
+  // (auto would pick uprobes too, then drop them at this call rate: below.)
   absl::StatusOr<std::unique_ptr<MallocSource>> src =
-      MallocSource::Open(target->pid(), Mode::kAuto, false);
+      MallocSource::Open(target->pid(), Mode::kUprobe, false);
   ASSERT_TRUE(src.ok()) << src.status();
   EXPECT_EQ((*src)->mode(), Mode::kUprobe);
   EXPECT_EQ((*src)->attach_method(), "uprobe_multi");  // kernel 6.6+

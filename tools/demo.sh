@@ -51,8 +51,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "\$ $mapload --scenario leak --seconds 12 --start-delay 1 --stats-out $stats &"
-"$mapload" --scenario leak --seconds 12 --start-delay 1 --stats-out "$stats" &
+# The service runs with the malloc-counting shim preloaded, as we recommend
+# for production: near-free heap counts (libc uprobes would cost ~1 us a
+# call, and mapscope's --malloc=auto drops them on a service this busy).
+preload=$build/libmapscope_preload.so
+env_preload=()
+[[ -f $preload ]] && env_preload=(env "LD_PRELOAD=$preload")
+echo "\$ ${env_preload[*]} $mapload --scenario leak --seconds 12 --start-delay 1 --stats-out $stats &"
+"${env_preload[@]}" "$mapload" --scenario leak --seconds 12 --start-delay 1 --stats-out "$stats" &
 pid=$!
 
 echo "\$ $mapscope triage --pid $pid --duration 8s"

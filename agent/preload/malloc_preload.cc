@@ -43,6 +43,22 @@
 
 #define MAPSCOPE_EXPORT __attribute__((visibility("default")))
 
+// The ThreadSanitizer build (Makefile: build/libmapscope_preload.tsan.so,
+// tests/fault_sanitizer_test.cc).  Preloaded ahead of libtsan, the shim gets
+// libtsan's own start-up allocations, before TSAN can run instrumented code.
+// So there the entry points and the allocator resolution are not
+// instrumented, and nothing is counted until the shim's constructor ran
+// (after libtsan's, which it depends on).  Counting, flushing, publishing
+// and the fork handler, the concurrent part, are instrumented.  Nothing
+// changes in the normal build.
+#ifdef MAPSCOPE_PRELOAD_TSAN
+#define SHIM_ENTRY_ATTRS __attribute__((no_sanitize_thread))
+#define SHIM_COUNTING() __atomic_load_n(&g_counting, __ATOMIC_ACQUIRE)
+#else
+#define SHIM_ENTRY_ATTRS
+#define SHIM_COUNTING() true
+#endif
+
 // The probe's semaphore: one per .so (hidden), in .probes where sys/sdt.h
 // tooling and libbpf expect it.  The kernel increments it while a uprobe
 // with this reference counter is attached.
@@ -81,6 +97,9 @@ struct RealFns {
 // Written once by the resolving thread before g_state becomes kReady
 // (release); read only after seeing kReady (acquire).
 RealFns g_real;
+#ifdef MAPSCOPE_PRELOAD_TSAN
+bool g_counting = false;  // the constructor ran (see SHIM_ENTRY_ATTRS)
+#endif
 
 enum State : int { kUninit = 0, kResolving = 1, kReady = 2 };
 std::atomic<int> g_state{kUninit};
@@ -127,13 +146,13 @@ constexpr size_t kBootHeader = 16;
 alignas(64) char g_boot[kBootSize];
 std::atomic<size_t> g_boot_used{0};
 
-bool IsBoot(const void* p) {
+SHIM_ENTRY_ATTRS bool IsBoot(const void* p) {
   auto a = reinterpret_cast<uintptr_t>(p);
   auto b = reinterpret_cast<uintptr_t>(g_boot);
   return a >= b && a < b + kBootSize;
 }
 
-void* BootAlloc(size_t n, size_t align) {
+SHIM_ENTRY_ATTRS void* BootAlloc(size_t n, size_t align) {
   if (align < 16) align = 16;
   if (align > 4096 || (align & (align - 1)) != 0 || n > kBootSize) return nullptr;
   size_t used = g_boot_used.load(std::memory_order_relaxed);
@@ -151,7 +170,7 @@ void* BootAlloc(size_t n, size_t align) {
   }
 }
 
-size_t BootBlockSize(const void* p) {
+SHIM_ENTRY_ATTRS size_t BootBlockSize(const void* p) {
   size_t n;
   memcpy(&n, static_cast<const char*>(p) - kBootHeader, sizeof(n));
   return n;
@@ -166,13 +185,13 @@ void Die(const char* msg) {
 // --- Resolution. ----------------------------------------------------------
 
 template <typename F>
-void Resolve(F& fn, const char* name) {
+SHIM_ENTRY_ATTRS void Resolve(F& fn, const char* name) {
   fn = reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
 }
 
 // Makes g_real usable.  False only on the resolving thread while it is in
 // dlsym: the caller serves the request from the bootstrap arena.
-__attribute__((noinline)) bool InitSlow() {
+SHIM_ENTRY_ATTRS __attribute__((noinline)) bool InitSlow() {
   int expected = kUninit;
   if (g_state.compare_exchange_strong(expected, kResolving, std::memory_order_acq_rel)) {
     t_counters.resolving = true;
@@ -201,7 +220,7 @@ __attribute__((noinline)) bool InitSlow() {
   return true;
 }
 
-inline bool Ready() {
+SHIM_ENTRY_ATTRS inline bool Ready() {
   return __builtin_expect(g_state.load(std::memory_order_acquire) == kReady, 1) || InitSlow();
 }
 
@@ -288,18 +307,78 @@ __attribute__((noinline)) void FlushSlow(ThreadCounters& t) {
   }
 }
 
-inline void CountAlloc(void* p) {
-  ThreadCounters& t = t_counters;
-  t.allocs++;
-  t.alloc_bytes += malloc_usable_size(p);
-  if (__builtin_expect(--t.until_flush <= 0, 0)) FlushSlow(t);
+// malloc_usable_size() is a call into libc, with checks a block the
+// allocator just handed out (or is about to take back) does not need: half
+// of the shim's cost per malloc/free pair.  glibc keeps the chunk's size
+// word right before the block (malloc/malloc.c: mchunk_size, low bits
+// PREV_INUSE 1, IS_MMAPPED 2, NON_MAIN_ARENA 4; usable = size - 8, or
+// size - 16 when mmapped).  Read it directly when the allocator behind us
+// is glibc's: checked once at load against malloc_usable_size() on blocks
+// of every kind (UsableCheck); any other allocator gets the libc call.
+std::atomic<bool> g_glibc_chunks{false};
+
+SHIM_ENTRY_ATTRS inline size_t ChunkUsable(const void* p) {
+  size_t h;
+  memcpy(&h, static_cast<const char*>(p) - sizeof(size_t), sizeof(h));
+  const size_t size = h & ~size_t{7};
+  return (h & 2) ? size - 2 * sizeof(size_t) : size - sizeof(size_t);
 }
 
-inline void CountFree(size_t usable) {
+SHIM_ENTRY_ATTRS inline size_t Usable(void* p) {
+#ifdef MAPSCOPE_PRELOAD_TSAN
+  return malloc_usable_size(p);  // (UsableCheck does not run there)
+#endif
+  if (__builtin_expect(g_glibc_chunks.load(std::memory_order_relaxed), 1)) return ChunkUsable(p);
+  return malloc_usable_size(p);
+}
+
+// Sizes from the tcache to an mmapped block (glibc's threshold: 128 KiB).
+void UsableCheck() {
+#ifdef MAPSCOPE_PRELOAD_TSAN
+  return;  // TSAN's allocator: no glibc chunk headers (p - 8 may not even be mapped)
+#endif
+  // Only glibc's own malloc has glibc's chunks (not another allocator
+  // preloaded after us): glibc's malloc is an alias of __libc_malloc.
+  void* libc_malloc = dlsym(RTLD_NEXT, "__libc_malloc");
+  if (libc_malloc == nullptr || libc_malloc != reinterpret_cast<void*>(g_real.malloc)) return;
+  static const size_t kSizes[] = {1, 24, 25, 100, 1000, 4088, 70000, 300000, 4u << 20};
+  bool same = true;
+  for (size_t n : kSizes) {
+    void* p = g_real.malloc(n);
+    if (!p) return;
+    same = same && ChunkUsable(p) == malloc_usable_size(p) && ChunkUsable(p) >= n;
+    g_real.free(p);
+  }
+  void* p = nullptr;
+  if (g_real.posix_memalign(&p, 4096, 5000) == 0) {
+    same = same && ChunkUsable(p) == malloc_usable_size(p);
+    g_real.free(p);
+  }
+  g_glibc_chunks.store(same, std::memory_order_relaxed);
+}
+
+// (TSAN build: a thread's first events come from libtsan setting the thread
+// up, before TSAN can run instrumented code on it: the thread-private
+// counting is not instrumented, and a thread's first flush waits for a few
+// more events.)
+#ifdef MAPSCOPE_PRELOAD_TSAN
+#define SHIM_MAY_FLUSH(t) ((t).allocs + (t).frees > 16)
+#else
+#define SHIM_MAY_FLUSH(t) true
+#endif
+
+SHIM_ENTRY_ATTRS inline void CountAlloc(void* p) {
+  ThreadCounters& t = t_counters;
+  t.allocs++;
+  t.alloc_bytes += Usable(p);
+  if (__builtin_expect(--t.until_flush <= 0, 0) && SHIM_MAY_FLUSH(t)) FlushSlow(t);
+}
+
+SHIM_ENTRY_ATTRS inline void CountFree(size_t usable) {
   ThreadCounters& t = t_counters;
   t.frees++;
   t.free_bytes += usable;
-  if (__builtin_expect(--t.until_flush <= 0, 0)) FlushSlow(t);
+  if (__builtin_expect(--t.until_flush <= 0, 0) && SHIM_MAY_FLUSH(t)) FlushSlow(t);
 }
 
 // pthread key destructor: the thread is exiting.
@@ -320,10 +399,14 @@ void OnForkChild() {
 
 __attribute__((constructor)) void OnLoad() {
   Ready();
+  UsableCheck();
   if (pthread_key_create(&g_key, OnThreadExit) == 0) {
     g_key_ready.store(true, std::memory_order_release);
   }
   pthread_atfork(nullptr, nullptr, OnForkChild);
+#ifdef MAPSCOPE_PRELOAD_TSAN
+  __atomic_store_n(&g_counting, true, __ATOMIC_RELEASE);
+#endif
 }
 
 __attribute__((destructor)) void OnUnload() {
@@ -343,33 +426,33 @@ __attribute__((destructor)) void OnUnload() {
 
 extern "C" {
 
-MAPSCOPE_EXPORT void* malloc(size_t n) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* malloc(size_t n) noexcept {
   if (!Ready()) return BootAlloc(n, 16);
   void* p = g_real.malloc(n);
-  if (p) CountAlloc(p);
+  if (p && SHIM_COUNTING()) CountAlloc(p);
   return p;
 }
 
-MAPSCOPE_EXPORT void* calloc(size_t nmemb, size_t size) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* calloc(size_t nmemb, size_t size) noexcept {
   if (!Ready()) {
     size_t n;
     if (__builtin_mul_overflow(nmemb, size, &n)) return nullptr;
     return BootAlloc(n, 16);
   }
   void* p = g_real.calloc(nmemb, size);
-  if (p) CountAlloc(p);
+  if (p && SHIM_COUNTING()) CountAlloc(p);
   return p;
 }
 
-MAPSCOPE_EXPORT void free(void* p) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void free(void* p) noexcept {
   if (!p || IsBoot(p)) return;
   if (!Ready()) return;  // unreachable: a real block implies a resolved allocator
-  size_t usable = malloc_usable_size(p);
+  // Counted first, so the real free is a tail call (no frame of ours).
+  if (SHIM_COUNTING()) CountFree(Usable(p));
   g_real.free(p);
-  CountFree(usable);
 }
 
-MAPSCOPE_EXPORT void* realloc(void* p, size_t n) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* realloc(void* p, size_t n) noexcept {
   if (!Ready() || IsBoot(p)) {
     // A bootstrap block moves to the real heap (or a new bootstrap block).
     void* q = malloc(n);
@@ -379,8 +462,9 @@ MAPSCOPE_EXPORT void* realloc(void* p, size_t n) noexcept {
     }
     return q;
   }
-  size_t old = p ? malloc_usable_size(p) : 0;
+  size_t old = p && SHIM_COUNTING() ? Usable(p) : 0;
   void* q = g_real.realloc(p, n);
+  if (!SHIM_COUNTING()) return q;
   if (q) {
     if (p) CountFree(old);
     CountAlloc(q);
@@ -390,7 +474,7 @@ MAPSCOPE_EXPORT void* realloc(void* p, size_t n) noexcept {
   return q;
 }
 
-MAPSCOPE_EXPORT void* reallocarray(void* p, size_t nmemb, size_t size) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* reallocarray(void* p, size_t nmemb, size_t size) noexcept {
   size_t n;
   if (__builtin_mul_overflow(nmemb, size, &n)) {
     errno = ENOMEM;
@@ -399,7 +483,7 @@ MAPSCOPE_EXPORT void* reallocarray(void* p, size_t nmemb, size_t size) noexcept 
   return realloc(p, n);
 }
 
-MAPSCOPE_EXPORT int posix_memalign(void** out, size_t align, size_t n) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS int posix_memalign(void** out, size_t align, size_t n) noexcept {
   if (!Ready()) {
     void* q = BootAlloc(n, align);
     if (!q) return ENOMEM;
@@ -407,35 +491,35 @@ MAPSCOPE_EXPORT int posix_memalign(void** out, size_t align, size_t n) noexcept 
     return 0;
   }
   int rc = g_real.posix_memalign(out, align, n);
-  if (rc == 0 && *out) CountAlloc(*out);
+  if (rc == 0 && *out && SHIM_COUNTING()) CountAlloc(*out);
   return rc;
 }
 
-MAPSCOPE_EXPORT void* aligned_alloc(size_t align, size_t n) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* aligned_alloc(size_t align, size_t n) noexcept {
   if (!Ready()) return BootAlloc(n, align);
   void* p = g_real.aligned_alloc(align, n);
-  if (p) CountAlloc(p);
+  if (p && SHIM_COUNTING()) CountAlloc(p);
   return p;
 }
 
-MAPSCOPE_EXPORT void* memalign(size_t align, size_t n) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* memalign(size_t align, size_t n) noexcept {
   if (!Ready()) return BootAlloc(n, align);
   void* p = g_real.memalign(align, n);
-  if (p) CountAlloc(p);
+  if (p && SHIM_COUNTING()) CountAlloc(p);
   return p;
 }
 
-MAPSCOPE_EXPORT void* valloc(size_t n) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* valloc(size_t n) noexcept {
   if (!Ready()) return BootAlloc(n, 4096);
   void* p = g_real.valloc(n);
-  if (p) CountAlloc(p);
+  if (p && SHIM_COUNTING()) CountAlloc(p);
   return p;
 }
 
-MAPSCOPE_EXPORT void* pvalloc(size_t n) noexcept {
+MAPSCOPE_EXPORT SHIM_ENTRY_ATTRS void* pvalloc(size_t n) noexcept {
   if (!Ready()) return BootAlloc((n + 4095) & ~size_t{4095}, 4096);
   void* p = g_real.pvalloc(n);
-  if (p) CountAlloc(p);
+  if (p && SHIM_COUNTING()) CountAlloc(p);
   return p;
 }
 

@@ -4,6 +4,7 @@
 #   make test       the default test suite (kernel tests included; run as root)
 #   make test-long  stress, sanitizer soak and fuzzing
 #   make bench      map benchmarks          make bench-quick  the reduced matrix
+#   make bench-tracing   what tracing costs the traced process (QUICK=1: shorter)
 #   make demo       a leaking service, and mapscope finding the leak
 #   make deps       install the Debian packages this needs (idempotent)
 #   make install PREFIX=/usr/local   headers + syncmap.pc
@@ -343,6 +344,30 @@ bench-quick: deps-auto
 bench-quick-run: $(MAPBENCH)
 	$(Q)$(MAPBENCH) --quick --seconds=0.4 --json=$(BUILD)/bench/summary.json \
 		--benchmark_out=$(BUILD)/bench/raw-quick.json --benchmark_out_format=json $(BENCH_ARGS)
+
+# make bench-tracing: what tracing costs the traced process (issue 7), against
+# bpftrace and libbpf-tools' memleak; tools/bench/tracing.py runs it and writes
+# build/bench/tracing.json.  QUICK=1 shortens it (1 repetition, shorter
+# runs); TRACING_ARGS=... passes flags (tools/bench/tracing.py --help).
+# MEMLEAK=/path/to/memleak: libbpf-tools' memleak, which Debian 12's
+# libbpf-tools (0.26) does not ship; without it that row is left empty.
+#   build/bench/malloc_loop   the malloc-heavy loop (tools/bench/tracing/)
+TRACING_BINS  := $(BUILD)/bench/malloc_loop
+TRACING_ARGS  ?=
+MEMLEAK       ?=
+
+$(BUILD)/bench/malloc_loop: tools/bench/tracing/malloc_loop.cc $(PROBE_HDRS) | $(BUILD)/bench
+	$(call msg,CXX,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -pthread $< -o $@ $(LIB_LIBS) -ldl
+
+.PHONY: bench-tracing bench-tracing-run
+bench-tracing: deps-auto
+	$(Q)$(MAKE) --no-print-directory bench-tracing-run
+
+bench-tracing-run: $(MAPLOAD) $(MAPSCOPE) $(PRELOAD_SO) $(TRACING_BINS)
+	$(Q)tools/kernel-fs.sh
+	$(Q)python3 tools/bench/tracing.py --build $(BUILD) $(if $(filter 1,$(QUICK)),--quick) \
+		$(if $(MEMLEAK),--memleak $(MEMLEAK)) $(TRACING_ARGS)
 
 # Benchmarks -- end
 

@@ -286,6 +286,15 @@ std::optional<Finding> CheckHeapGrowth(const std::vector<MapHistory>& maps,
                                        const std::vector<HeapInterval>& heap,
                                        const Thresholds& t) {
   if (heap.size() < 3) return std::nullopt;
+  // The preload shim publishes at most every 100 ms: the sample taken at
+  // attach may not have malloc counters yet.  When every later sample has
+  // them, judge those (leading samples without them dropped).
+  auto has_malloc = [](const HeapInterval& h) { return h.outstanding_known && !h.malloc_lossy; };
+  const auto first_known = std::find_if(heap.begin(), heap.end(), has_malloc);
+  if (first_known != heap.begin() && heap.end() - first_known >= 3 &&
+      std::all_of(first_known, heap.end(), has_malloc)) {
+    return CheckHeapGrowth(maps, std::vector<HeapInterval>(first_known, heap.end()), t);
+  }
   // Malloc's outstanding bytes when every sample has them; RSS otherwise
   // (no malloc source, or it lost events: a full pointer table stops
   // counting new blocks, which would hide exactly the growth we look for).

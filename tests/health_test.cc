@@ -348,6 +348,25 @@ TEST(HealthCheck, HeapGrowthFallsBackToRss) {
   EXPECT_NE(f->message.find("RSS"), std::string::npos);
 }
 
+TEST(HealthCheck, HeapGrowthUsesMallocOnceItsCountersArrive) {
+  // The preload shim had not published when the first sample was taken:
+  // the later ones have malloc counters (growing); RSS stays flat.
+  auto h = Heap(6, 3'000'000);
+  h[0].outstanding_known = false;
+  for (auto& s : h) s.rss_bytes = 100'000'000;
+  MapHistory m = History(Series(6, [](int i, MapInterval& s) {
+    s.read_len = 10000;
+    s.dirty_only = 46875 * static_cast<uint64_t>(i);
+    s.live = 10000;
+  }));
+  auto f = CheckHeapGrowth({m}, h, Thresholds{});
+  ASSERT_TRUE(f.has_value());
+  EXPECT_NE(f->message.find("malloc"), std::string::npos) << f->message;
+  // Counters that come and go are not trusted: RSS (flat here) decides.
+  h[3].outstanding_known = false;
+  EXPECT_FALSE(CheckHeapGrowth({m}, h, Thresholds{}).has_value());
+}
+
 TEST(HealthCheck, CheckAllSortsMostSevereFirst) {
   MapHistory stale = History(Series(3, [](int, MapInterval& s) { s = Stale(s, 5000); }));
   MapHistory leak = History(Series(3, [](int, MapInterval& s) { s = WithDead(s, 9000); }));

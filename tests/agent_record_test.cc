@@ -287,8 +287,10 @@ TEST_F(RecordE2E, StormStacksNameTheLibraryAndItsCallers) {
   auto has = [](absl::string_view s) {
     return [s](const std::string& stack) { return absl::StrContains(stack, s); };
   };
-  // The library's promote / rebuild functions and mapload's call site, by name.
-  EXPECT_GT(Sum(cpu, has("::PromoteLocked()")), 0u);
+  // The library's rebuild function and mapload's call site, by name.  (A
+  // promotion only swaps a pointer or two: CPU samples seldom land in
+  // PromoteLocked itself, and its probe fires after the lock is released,
+  // from FirePromote.)
   EXPECT_GT(Sum(cpu, has("probes_internal::FirePromote")), 0u);
   EXPECT_GT(Sum(cpu, has("::DirtyLocked()")), 0u);
   EXPECT_GT(Sum(cpu, has("Worker::Storm")), 0u);
@@ -329,7 +331,7 @@ TEST_F(RecordE2E, StormStacksNameTheLibraryAndItsCallers) {
   EXPECT_GT(Sum(ev, has("[syncmap:miss mapload.storm];")), 0u);
   // The page: d3-flame-graph's template with the data filled in.
   const std::string html = agent_test::ReadFile(dir.File("fg.html"));
-  EXPECT_TRUE(absl::StrContains(html, "PromoteLocked"));
+  EXPECT_TRUE(absl::StrContains(html, "DirtyLocked"));
   EXPECT_FALSE(absl::StrContains(html, "/** @flamegraph_json **/"));
   EXPECT_TRUE(absl::StrContains(err, "inside promotions")) << err;
 }

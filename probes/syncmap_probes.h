@@ -129,10 +129,13 @@ class Batch {
         now - last_ns_.load(std::memory_order_relaxed) < SYNCMAP_PROBE_DELAY_MS * 1000000ull) {
       return 0;
     }
+    // Only the latest adder claims the batch: if another thread added (or
+    // claimed) since, it decides instead, so two threads never both fire
+    // for one batch.  Unclaimed events stay pending; the sum stays exact.
+    uint64_t expected = n;
+    if (!pending_.compare_exchange_strong(expected, 0, std::memory_order_relaxed)) return 0;
     last_ns_.store(now, std::memory_order_relaxed);
-    // Another thread may have claimed the batch between the two RMWs: then
-    // this returns 0, or more than one batch's worth; the sum stays exact.
-    return pending_.exchange(0, std::memory_order_relaxed);
+    return n;
   }
   // Claims whatever is pending (before a promotion, at destruction).
   uint64_t Take() { return pending_.exchange(0, std::memory_order_relaxed); }

@@ -282,6 +282,8 @@ class ReadSection {
 #if defined(SYNCMAP_TSAN) && !defined(SYNCMAP_TSAN_ANNOTATE_MUTEX)
 #define SYNCMAP_TSAN_ANNOTATE_MUTEX 1
 #endif
+enum class ProbeKind : uint8_t { kMiss, kPromote, kDirtyRebuild, kDelete, kStoreNew };
+
 #if SYNCMAP_HAVE_PROBES
 // Probes never fire under a map's mutex.  A hit is a trap into the kernel
 // (~1 us here) and a point where the kernel may preempt the thread: every
@@ -290,7 +292,6 @@ class ReadSection {
 // the lock).  A critical section queues its probes here, each with the
 // snapshot taken under the lock, and MutexLock fires them once it has
 // released the mutex.
-enum class ProbeKind : uint8_t { kMiss, kPromote, kDirtyRebuild, kDelete, kStoreNew };
 struct DeferredProbe {
   ProbeKind kind;
   const void* map;
@@ -958,10 +959,11 @@ class SyncMap {
 
   void MissLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Hot probes fire once per batch (probes/syncmap_probes.h, SYNCMAP_PROBE_BATCH).
-  void FireMissLocked(uint64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ProbeStoreNewLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ProbeDelete();
-  void ProbeDeleteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts one event of a hot probe in `b`; when a batch is due, fires the
+  // probe, or with mu_ held (`locked`) queues it until the unlock.
+  void ProbeHot(sync_map_internal::ProbeKind kind, probes_internal::Batch& b, bool on,
+                bool locked);
+  void FireHot(sync_map_internal::ProbeKind kind, uint64_t n, bool locked);
   void FlushProbes();
   // Load's lookup: the key's entry, nullptr if none.  Caller is in a
   // ReadSection.
@@ -1213,7 +1215,8 @@ std::optional<V> SyncMap<K, V, H, E>::Swap(const K& key, V value) {
       Bump(dirty_only_);
       Bump(store_new_);
       live_.fetch_add(1, std::memory_order_relaxed);
-      ProbeStoreNewLocked();
+      ProbeHot(sync_map_internal::ProbeKind::kStoreNew, store_new_batch_,
+               SYNCMAP_PROBE_ON(store_new), /*locked=*/true);
     }
   }
   delete unused;  // never published
@@ -1288,7 +1291,8 @@ std::pair<V, bool> SyncMap<K, V, H, E>::LoadOrStore(const K& key, V value) {
       Bump(dirty_only_);
       Bump(store_new_);
       live_.fetch_add(1, std::memory_order_relaxed);
-      ProbeStoreNewLocked();
+      ProbeHot(sync_map_internal::ProbeKind::kStoreNew, store_new_batch_,
+               SYNCMAP_PROBE_ON(store_new), /*locked=*/true);
       result.emplace(std::move(value), false);
     }
   }
@@ -1322,7 +1326,8 @@ std::optional<V> SyncMap<K, V, H, E>::DeleteReadEntry(Entry* e) {
   live_.fetch_sub(1, std::memory_order_relaxed);
   tombstones_.fetch_add(1, std::memory_order_relaxed);
   deletes_.fetch_add(1, std::memory_order_relaxed);
-  ProbeDelete();
+  ProbeHot(sync_map_internal::ProbeKind::kDelete, delete_batch_, SYNCMAP_PROBE_ON(delete),
+           /*locked=*/false);
   return TakePrev(p);
 }
 
@@ -1349,7 +1354,8 @@ std::optional<V> SyncMap<K, V, H, E>::LoadAndDelete(const K& key) {
           live_.fetch_sub(1, std::memory_order_relaxed);
           deletes_.fetch_add(1, std::memory_order_relaxed);
           RetireEntry(d);
-          ProbeDeleteLocked();
+          ProbeHot(sync_map_internal::ProbeKind::kDelete, delete_batch_, SYNCMAP_PROBE_ON(delete),
+                   /*locked=*/true);
         }
         MissLocked();
       }
@@ -1443,7 +1449,8 @@ bool SyncMap<K, V, H, E>::CompareAndDelete(const K& key, const V& old) {
             live_.fetch_sub(1, std::memory_order_relaxed);
             deletes_.fetch_add(1, std::memory_order_relaxed);
             RetireEntry(d);
-            ProbeDeleteLocked();
+            ProbeHot(sync_map_internal::ProbeKind::kDelete, delete_batch_, SYNCMAP_PROBE_ON(delete),
+                     /*locked=*/true);
           }
         }
         MissLocked();
@@ -1482,7 +1489,8 @@ bool SyncMap<K, V, H, E>::CompareAndDelete(const K& key, const V& old) {
   live_.fetch_sub(1, std::memory_order_relaxed);
   tombstones_.fetch_add(1, std::memory_order_relaxed);
   deletes_.fetch_add(1, std::memory_order_relaxed);
-  ProbeDelete();
+  ProbeHot(sync_map_internal::ProbeKind::kDelete, delete_batch_, SYNCMAP_PROBE_ON(delete),
+           /*locked=*/false);
   if constexpr (!kInline) RetireBox(p);
   return true;
 }
@@ -1593,67 +1601,49 @@ template <typename K, typename V, typename H, typename E>
 void SyncMap<K, V, H, E>::MissLocked() {
   ++misses_gen_;
   Bump(misses_);
-  if (const uint64_t n = miss_batch_.Add(SYNCMAP_PROBE_ON(miss))) FireMissLocked(n);
+  ProbeHot(sync_map_internal::ProbeKind::kMiss, miss_batch_, SYNCMAP_PROBE_ON(miss),
+           /*locked=*/true);
   if (misses_gen_ < dirty_->size()) return;
   // The misses that caused a promotion are reported before it.
   if (SYNCMAP_PROBE_ON(miss)) {
-    if (const uint64_t n = miss_batch_.Take()) FireMissLocked(n);
+    if (const uint64_t n = miss_batch_.Take()) {
+      FireHot(sync_map_internal::ProbeKind::kMiss, n, /*locked=*/true);
+    }
   }
   PromoteLocked();
 }
 
 template <typename K, typename V, typename H, typename E>
-void SyncMap<K, V, H, E>::FireMissLocked(uint64_t n) {
+void SyncMap<K, V, H, E>::ProbeHot(sync_map_internal::ProbeKind kind, probes_internal::Batch& b,
+                                   bool on, bool locked) {
+  if (const uint64_t n = b.Add(on)) FireHot(kind, n, locked);
+}
+
+template <typename K, typename V, typename H, typename E>
+void SyncMap<K, V, H, E>::FireHot(sync_map_internal::ProbeKind kind, uint64_t n, bool locked) {
 #if SYNCMAP_HAVE_PROBES
-  sync_map_internal::DeferProbe(sync_map_internal::ProbeKind::kMiss, this, Snapshot(), n);
+  if (locked) {
+    sync_map_internal::DeferProbe(kind, this, Snapshot(), n);
+  } else {
+    sync_map_internal::FireProbe({kind, this, Snapshot(), n, 0, 0});
+  }
 #else
-  (void)n;
+  (void)kind, (void)n, (void)locked;
 #endif
-}
-
-template <typename K, typename V, typename H, typename E>
-void SyncMap<K, V, H, E>::ProbeStoreNewLocked() {
-#if SYNCMAP_HAVE_PROBES
-  if (const uint64_t n = store_new_batch_.Add(SYNCMAP_PROBE_ON(store_new))) {
-    sync_map_internal::DeferProbe(sync_map_internal::ProbeKind::kStoreNew, this, Snapshot(), n);
-  }
-#endif
-}
-
-template <typename K, typename V, typename H, typename E>
-void SyncMap<K, V, H, E>::ProbeDeleteLocked() {
-#if SYNCMAP_HAVE_PROBES
-  if (const uint64_t n = delete_batch_.Add(SYNCMAP_PROBE_ON(delete))) {
-    sync_map_internal::DeferProbe(sync_map_internal::ProbeKind::kDelete, this, Snapshot(), n);
-  }
-#endif
-}
-
-template <typename K, typename V, typename H, typename E>
-void SyncMap<K, V, H, E>::ProbeDelete() {
-  if (const uint64_t n = delete_batch_.Add(SYNCMAP_PROBE_ON(delete))) {
-    syncmap_snapshot s = Snapshot();
-    probes_internal::FireDelete(this, &s, n);
-  }
 }
 
 template <typename K, typename V, typename H, typename E>
 void SyncMap<K, V, H, E>::FlushProbes() {
   // Pending events of hot probes go out before the map does, so a tracer's
   // counts are exact at destruction.
-  uint64_t n;
-  if (SYNCMAP_PROBE_ON(miss) && (n = miss_batch_.Take()) != 0) {
-    syncmap_snapshot s = Snapshot();
-    probes_internal::FireMiss(this, &s, n);
-  }
-  if (SYNCMAP_PROBE_ON(store_new) && (n = store_new_batch_.Take()) != 0) {
-    syncmap_snapshot s = Snapshot();
-    probes_internal::FireStoreNew(this, &s, n);
-  }
-  if (SYNCMAP_PROBE_ON(delete) && (n = delete_batch_.Take()) != 0) {
-    syncmap_snapshot s = Snapshot();
-    probes_internal::FireDelete(this, &s, n);
-  }
+  using sync_map_internal::ProbeKind;
+  auto flush = [this](ProbeKind kind, probes_internal::Batch& b, bool on) {
+    if (!on) return;
+    if (const uint64_t n = b.Take()) FireHot(kind, n, /*locked=*/false);
+  };
+  flush(ProbeKind::kMiss, miss_batch_, SYNCMAP_PROBE_ON(miss));
+  flush(ProbeKind::kStoreNew, store_new_batch_, SYNCMAP_PROBE_ON(store_new));
+  flush(ProbeKind::kDelete, delete_batch_, SYNCMAP_PROBE_ON(delete));
 }
 
 template <typename K, typename V, typename H, typename E>

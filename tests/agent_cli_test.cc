@@ -59,6 +59,13 @@ TEST(ParseArgs, FlagForms) {
   EXPECT_EQ(o->interval, absl::Milliseconds(250));
   EXPECT_EQ(o->duration, absl::ZeroDuration());  // until Ctrl-C
 
+  o = Parse({"serve", "--pid", "9", "--malloc-max-rate", "0"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->malloc_max_rate, 0u);  // no limit
+  o = Parse({"triage", "--pid", "9"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->malloc_max_rate, 20000u);
+
   o = Parse({"list", "--pid", "9"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->duration, absl::Seconds(1));
@@ -95,6 +102,10 @@ TEST(ParseArgs, ErrorsAreOneLineWithUsage) {
       {"top", "--pid", "1", "--json"},
       {"list", "--pid", "1", "--interval", "1s"},
       {"triage", "--pid", "1", "--max-maps", "0"},
+      {"triage", "--pid", "1", "--malloc-max-rate", "abc"},
+      {"triage", "--pid", "1", "--malloc-max-rate", "-1"},
+      {"triage", "--pid", "1", "--malloc-max-rate", "1e99"},
+      {"triage", "--pid", "1", "--malloc-max-rate"},
       {"triage", "--pid", "1", "--bogus"},
       {"triage", "--pid", "1", "stray"},
       {"triage", "--pid", "1", "--json=maybe"},

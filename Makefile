@@ -352,13 +352,21 @@ bench-quick-run: $(MAPBENCH)
 # MEMLEAK=/path/to/memleak: libbpf-tools' memleak, which Debian 12's
 # libbpf-tools (0.26) does not ship; without it that row is left empty.
 #   build/bench/malloc_loop   the malloc-heavy loop (tools/bench/tracing/)
-TRACING_BINS  := $(BUILD)/bench/malloc_loop
+#   build/bench/libfloor_*.so the cheapest possible preload shims, for scale
+TRACING_BINS  := $(BUILD)/bench/malloc_loop $(BUILD)/bench/libfloor_forward.so \
+                 $(BUILD)/bench/libfloor_request.so
 TRACING_ARGS  ?=
 MEMLEAK       ?=
 
 $(BUILD)/bench/malloc_loop: tools/bench/tracing/malloc_loop.cc $(PROBE_HDRS) | $(BUILD)/bench
 	$(call msg,CXX,$@)
 	$(Q)$(CXX) $(ALL_CXXFLAGS) -pthread $< -o $@ $(LIB_LIBS) -ldl
+$(BUILD)/bench/libfloor_forward.so: tools/bench/tracing/floor_shim.c | $(BUILD)/bench
+	$(call msg,CC,$@)
+	$(Q)$(CC) -O2 -g -Wall -Werror -fPIC -shared -fvisibility=hidden $< -o $@
+$(BUILD)/bench/libfloor_request.so: tools/bench/tracing/floor_shim.c | $(BUILD)/bench
+	$(call msg,CC,$@)
+	$(Q)$(CC) -O2 -g -Wall -Werror -fPIC -shared -fvisibility=hidden -DCOUNT_REQUEST $< -o $@
 
 .PHONY: bench-tracing bench-tracing-run
 bench-tracing: deps-auto

@@ -503,6 +503,35 @@ TEST(MallocPreload, ExactCounts) {
   EXPECT_GE(after->lifetime.allocs, c->lifetime.allocs);
 }
 
+// A thread that makes a few calls and then none (fewer than the shim's
+// 256-event check interval): a publication from another thread includes
+// its counts at once, exactly.  (Threads used to flush their counters every
+// 256 events: these stayed invisible until the thread made more calls.)
+TEST(MallocPreload, QuietThreadIsNotBehind) {
+  SKIP_UNLESS_ROOT();
+  auto target = Child::Spawn({Fixture("malloc_fixture"), "3", "quiet"}, /*preload=*/true);
+  ASSERT_TRUE(target && target->Ready());
+  absl::StatusOr<std::unique_ptr<MallocSource>> src =
+      MallocSource::Open(target->pid(), Mode::kPreload, false);
+  ASSERT_TRUE(src.ok()) << src.status();
+  ASSERT_TRUE((*src)->Read().ok());
+
+  target->Send('g');
+  auto want = ParseResults(target->ReadLine());
+  ASSERT_EQ(want["preload"], 1u);
+  ASSERT_LT(want["allocs"] + want["frees"], 256u) << "the rounds reach the check interval";
+  absl::StatusOr<MallocCounters> c = (*src)->Read();
+  ASSERT_TRUE(c.ok()) << c.status();
+  SCOPED_TRACE(Describe(*c));
+  ASSERT_TRUE(c->known);
+  EXPECT_EQ(c->allocs, want["allocs"]);
+  EXPECT_EQ(c->frees, want["frees"]);
+  EXPECT_EQ(c->alloc_bytes, want["usable_alloc"]);
+  EXPECT_EQ(c->free_bytes, want["usable_free"]);
+  EXPECT_EQ(c->publications, 2u);
+  EXPECT_EQ(target->Quit(), 0);
+}
+
 // 8 threads x 200k allocations (half of them exiting early), a fork in the
 // middle whose child allocates from two threads, a dlopen'ed library that
 // allocates and uses dynamic TLS: nothing crashes and no count is lost.

@@ -24,27 +24,26 @@
  * realloc(p, 0) returning NULL as a free of p (bpf/malloc.h uses the same
  * conventions).
  *
- * Counters live in initial-exec TLS: nothing shared is touched on the hot
- * path.  A thread adds them to the process totals every 4096 events (256
- * while a tracer is attached), when it exits (pthread key destructor) and at
- * process exit; the totals are published through the USDT probe
+ * Counters live in initial-exec TLS, written only by their own thread:
+ * nothing shared is touched on the hot path.  A publisher adds up every
+ * live thread's counters where they are, plus what exited threads left;
+ * the totals are published through the USDT probe
  *
  *   mapscope:malloc_totals(allocs, frees, alloc_bytes, free_bytes, seq)
  *
- * only while a tracer has its semaphore set, at most once per 64 Ki
- * allocations or 100 ms (checked when a thread adds its counters), and at
- * every thread exit and at process exit.  Totals are lifetime values of the
- * process; a forked child starts from its parent's totals at the fork (the
- * heap it inherits), minus the unflushed counts of the parent's other
- * threads.  Published totals lag by up to 255 events per thread while
- * traced (a thread that makes fewer calls than that since its last flush
- * is not in them until it makes more or exits).  A process that ends with
- * _exit() or a signal loses the counts its threads had not flushed.
+ * only while a tracer has its semaphore set: at most once per 100 ms
+ * (checked at every 256th allocation or free of a thread), at every thread
+ * exit, at process exit and after it (what later destructors free).  A
+ * publication includes every call that returned before it began, on any
+ * thread, including threads that have since gone quiet.  Totals are
+ * lifetime values of the process; a forked child starts from its parent's
+ * totals at the fork (the heap it inherits), minus calls racing with the
+ * fork on the parent's other threads.  A process that ends with _exit() or
+ * a signal is published as of its last publication.
  *
- * mapscope_preload_flush() adds the calling thread's counters to the totals
- * and publishes them now (when traced).  A program can call it (found with
- * dlsym, so it also runs without the shim) to mark a point in time, as
- * mapscope's tests do.
+ * mapscope_preload_flush() publishes the totals now (when traced).  A
+ * program can call it (found with dlsym, so it also runs without the shim)
+ * to mark a point in time, as mapscope's tests do.
  */
 #ifndef MAPSCOPE_PRELOAD_H_
 #define MAPSCOPE_PRELOAD_H_

@@ -101,7 +101,7 @@ $(BUILD)/bpf/vmlinux.h: | $(BUILD)/bpf
 
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BUILD)/bpf/vmlinux.h $(GEN_INC)/syncmap_abi.h | $(BUILD)/bpf
 	$(call msg,BPF,$@)
-	$(Q)$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -MMD -MP \
+	$(Q)$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -MMD -MP -MT $@ \
 		-I$(BUILD)/bpf -Ibpf -I$(BUILD)/include $(CLANG_BPF_SYS_INCLUDES) -c $< -o $@.tmp
 	$(Q)$(BPFTOOL) gen object $@ $@.tmp && rm -f $@.tmp
 

@@ -22,10 +22,10 @@ namespace {
 
 // The layout the agent and the BPF side share (bpf/syncmap.h).
 static_assert(sizeof(syncmap_key) == 16);
-static_assert(sizeof(syncmap_counters) == 10 * 8);
+static_assert(sizeof(syncmap_counters) == 13 * 8);
 static_assert(sizeof(syncmap_snapshot) % 8 == 0);
 static_assert(sizeof(syncmap_state) ==
-              5 * 8 + sizeof(syncmap_snapshot) + 2 * 8 * SYNCMAP_HIST_SLOTS + SYNCMAP_NAME_MAX);
+              4 * 8 + sizeof(syncmap_snapshot) + 2 * 8 * SYNCMAP_HIST_SLOTS + SYNCMAP_NAME_MAX);
 static_assert(SYNCMAP_DROP_MAX == 6);
 
 bool g_libbpf_verbose = false;
@@ -204,11 +204,13 @@ absl::StatusOr<Poll> Tracer::Read(bool reap_destroyed) {
   if (ncpus <= 0) return LibbpfError(ncpus, "count possible CPUs");
   const size_t percpu_size = (sizeof(syncmap_counters) + 7) / 8 * 8;
   std::map<MapKey, EventCounts> counts;
+  std::map<MapKey, uint64_t> last_ns;  // the latest over the CPUs
   s = ForEachEntry(bpf_map__fd(skel_->maps.counters), sizeof(syncmap_key), percpu_size * ncpus,
                    max_entries, [&](const void* k, const void* v) {
                      syncmap_key key;
                      std::memcpy(&key, k, sizeof(key));
                      EventCounts& e = counts[{key.addr, key.gen}];
+                     uint64_t& last = last_ns[{key.addr, key.gen}];
                      for (int cpu = 0; cpu < ncpus; ++cpu) {
                        syncmap_counters c;
                        std::memcpy(&c, static_cast<const char*>(v) + cpu * percpu_size, sizeof(c));
@@ -222,6 +224,7 @@ absl::StatusOr<Poll> Tracer::Read(bool reap_destroyed) {
                        e.promoted += c.promoted;
                        e.rebuild_copied += c.rebuild_copied;
                        e.rebuild_expunged += c.rebuild_expunged;
+                       last = std::max<uint64_t>(last, c.last_ns);
                      }
                    });
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat("counters: ", s.message()));
@@ -237,6 +240,7 @@ absl::StatusOr<Poll> Tracer::Read(bool reap_destroyed) {
     m.first_ns = st.first_ns;
     m.last_ns = st.last_ns;
     if (auto it = counts.find(m.key); it != counts.end()) m.events = it->second;
+    if (auto it = last_ns.find(m.key); it != last_ns.end()) m.last_ns = std::max<uint64_t>(m.last_ns, it->second);
     const syncmap_snapshot& sn = st.snap;
     Gauges& g = m.gauges;
     g.seq = sn.seq;

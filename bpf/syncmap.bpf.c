@@ -27,6 +27,8 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/usdt.bpf.h>
 
+#include "usdt_args.h"
+
 #include "syncmap.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -194,49 +196,24 @@ enum probe_kind {
 /*
  * Events one hit of a hot probe (miss, delete, store_new) stands for: the
  * library fires them once per batch.  A writer older than batching has no
- * such argument (BPF_USDT reads it as 0): one event.
+ * such argument (usdt_args reads it as 0): one event.
  */
 static __always_inline __u64 batch(__u64 n)
 {
 	return n ? n : 1;
 }
 
-/*
- * The body every probe shares.  `name` is map_init's name argument (NULL for
- * the other probes); a, b, c are the probe's extra scalars (duration, ...,
- * or a hot probe's batch size).
- */
-static __always_inline int on_event(enum probe_kind kind, __u64 map, const void *name,
-				    const void *snap_ptr, __u64 a, __u64 b, __u64 c)
+static __always_inline bool is_hot(enum probe_kind kind)
 {
-	struct syncmap_snapshot snap;
-	struct syncmap_counters *cnt;
-	struct syncmap_state *st;
-	struct syncmap_key key;
-	bool have_snap = false, created;
-	__u64 *w, now;
-	int i;
+	return kind == P_MISS || kind == P_DELETE || kind == P_STORE_NEW;
+}
 
-	if (!map || !snap_ptr) {
-		drop(SYNCMAP_DROP_ARG);
-		return 0;
-	}
-
-	if (incarnation(map, kind == P_MAP_INIT, &key, &created)) {
-		drop(SYNCMAP_DROP_EVENT_MAP_FULL);
-		return 0;
-	}
-	st = state_of(&key);
-	cnt = st ? counters_of(&key) : NULL;
-	if (!st || !cnt) {
-		drop(SYNCMAP_DROP_EVENT_MAP_FULL);
-		/* Keep `live` from filling with maps we cannot track: an entry we
-		 * just added, or one whose map is going away, goes now. */
-		if (created || kind == P_MAP_DESTROY)
-			bpf_map_delete_elem(&live, &map);
-		return 0;
-	}
-
+/* Counts one hit.  Atomic adds even though `cnt` is this CPU's: a uprobe's
+ * program runs with migration disabled but may be preempted, and another
+ * task's hit on this CPU then updates the same value. */
+static __always_inline void count_hit(enum probe_kind kind, struct syncmap_counters *cnt,
+				      struct syncmap_state *st, __u64 a, __u64 b, __u64 c)
+{
 	switch (kind) {
 	case P_MISS:
 		__sync_fetch_and_add(&cnt->misses, batch(a));
@@ -264,17 +241,83 @@ static __always_inline int on_event(enum probe_kind kind, __u64 map, const void 
 	case P_MAP_DESTROY:
 		break;
 	}
+}
 
-	now = bpf_ktime_get_ns();
-	/* The hot probes (batched misses, deletes, new keys) can fire tens of
-	 * thousands of times a second: their events are counted above, but
-	 * their snapshot is read at most once per SNAP_EVERY_NS per map (the
-	 * read and the locked copy are most of this program's cost).  Gauges
-	 * are then at most that old; promote, rebuild, init and destroy always
-	 * bring theirs.  The snapshot lives on the firing thread's stack: read
-	 * it now or never. */
-	if ((kind == P_MISS || kind == P_DELETE || kind == P_STORE_NEW) &&
-	    (st->flags & SYNCMAP_F_HAVE_SNAP) && now - st->snap_ns < SNAP_EVERY_NS) {
+/*
+ * The body every probe shares.  `name` is map_init's name argument (NULL for
+ * the other probes); a, b, c are the probe's extra scalars (duration, ...,
+ * or a hot probe's batch size).
+ *
+ * The hot probes (batched misses, deletes, new keys) can fire tens of
+ * thousands of times a second.  Their hit touches only `live` and this
+ * CPU's `counters` value: counted, and time-stamped once per jiffy, done,
+ * unless this CPU has not read the map's snapshot for SNAP_EVERY_NS (the
+ * read, the locked copy and the shared `states` entry are most of this
+ * program's cost, and a line another CPU writes is a cache miss).  Gauges
+ * are then at most a jiffy or SNAP_EVERY_NS old, whichever is longer;
+ * promote, rebuild, init and destroy always bring theirs.
+ */
+static __always_inline int on_event(enum probe_kind kind, __u64 map, const void *name,
+				    const void *snap_ptr, __u64 a, __u64 b, __u64 c)
+{
+	struct syncmap_snapshot snap;
+	struct syncmap_counters *cnt = NULL;
+	struct syncmap_state *st;
+	struct syncmap_key key;
+	bool have_snap = false, created, counted = false;
+	__u64 *w, now = 0, j;
+	int i;
+
+	if (!map || !snap_ptr) {
+		drop(SYNCMAP_DROP_ARG);
+		return 0;
+	}
+
+	if (incarnation(map, kind == P_MAP_INIT, &key, &created)) {
+		drop(SYNCMAP_DROP_EVENT_MAP_FULL);
+		return 0;
+	}
+
+	if (is_hot(kind)) {
+		cnt = bpf_map_lookup_elem(&counters, &key);
+		if (cnt) {
+			count_hit(kind, cnt, NULL, a, b, c);
+			counted = true;
+			/* The clock once per jiffy: a jiffy is one load, the
+			 * clock a measurable share of a hit.  (Until this CPU
+			 * has read a snapshot, every hit tries: a snapshot that
+			 * cannot be read is a drop per hit.) */
+			j = bpf_jiffies64();
+			if (j == cnt->last_jiffies && cnt->snap_ns)
+				return 0;
+			cnt->last_jiffies = j;
+			now = bpf_ktime_get_ns();
+			cnt->last_ns = now;
+			if (now - cnt->snap_ns < SNAP_EVERY_NS)
+				return 0; /* this CPU's gauges are fresh enough */
+		}
+	}
+
+	st = state_of(&key);
+	if (st && !cnt)
+		cnt = counters_of(&key);
+	if (!st || !cnt) {
+		if (!counted)
+			drop(SYNCMAP_DROP_EVENT_MAP_FULL);
+		/* Keep `live` from filling with maps we cannot track: an entry we
+		 * just added, or one whose map is going away, goes now. */
+		if (created || kind == P_MAP_DESTROY)
+			bpf_map_delete_elem(&live, &map);
+		return 0;
+	}
+	if (!counted)
+		count_hit(kind, cnt, st, a, b, c);
+	if (!now)
+		now = bpf_ktime_get_ns();
+
+	/* The snapshot lives on the firing thread's stack: read it now or
+	 * never. */
+	if (is_hot(kind) && (st->flags & SYNCMAP_F_HAVE_SNAP) && now - cnt->snap_ns < SNAP_EVERY_NS) {
 		/* gauges fresh enough */
 	} else if (bpf_probe_read_user(&snap, sizeof(snap), snap_ptr)) {
 		drop(SYNCMAP_DROP_SNAP_READ);
@@ -291,7 +334,7 @@ static __always_inline int on_event(enum probe_kind kind, __u64 map, const void 
 		}
 		have_snap = true;
 		keep_newest(st, &snap);
-		st->snap_ns = now;
+		cnt->snap_ns = now;
 	}
 
 	if (!(st->flags & SYNCMAP_F_HAVE_NAME)) {
@@ -308,8 +351,11 @@ static __always_inline int on_event(enum probe_kind kind, __u64 map, const void 
 	if (!st->first_ns)
 		st->first_ns = now;
 	/* A write to the shared state only when it tells something new (1 ms):
-	 * every write makes CPUs firing the same map fight for the line. */
-	if (now - st->last_ns >= SNAP_EVERY_NS || kind == P_MAP_DESTROY)
+	 * every write makes CPUs firing the same map fight for the line.  (A
+	 * hot probe's time is in its CPU's counters.) */
+	if (is_hot(kind))
+		cnt->last_ns = now;
+	else if (now - st->last_ns >= SNAP_EVERY_NS || kind == P_MAP_DESTROY)
 		st->last_ns = now;
 
 	if (kind == P_MAP_INIT)
@@ -322,45 +368,68 @@ static __always_inline int on_event(enum probe_kind kind, __u64 map, const void 
 	return 0;
 }
 
+/* The handlers.  Arguments come from usdt_args() (usdt_args.h), not
+ * BPF_USDT(): one spec lookup per hit instead of one per argument. */
+
 SEC("usdt")
-int BPF_USDT(handle_map_init, void *map, const char *name, void *snap)
+int handle_map_init(struct pt_regs *ctx)
 {
-	return on_event(P_MAP_INIT, (__u64)map, name, snap, 0, 0, 0);
+	long a[3]; /* map, name, snap */
+
+	usdt_args(ctx, a, 3);
+	return on_event(P_MAP_INIT, a[0], (const void *)a[1], (const void *)a[2], 0, 0, 0);
 }
 
 SEC("usdt")
-int BPF_USDT(handle_map_destroy, void *map, void *snap)
+int handle_map_destroy(struct pt_regs *ctx)
 {
-	return on_event(P_MAP_DESTROY, (__u64)map, NULL, snap, 0, 0, 0);
+	long a[2]; /* map, snap */
+
+	usdt_args(ctx, a, 2);
+	return on_event(P_MAP_DESTROY, a[0], NULL, (const void *)a[1], 0, 0, 0);
 }
 
 SEC("usdt")
-int BPF_USDT(handle_miss, void *map, void *snap, __u64 n)
+int handle_miss(struct pt_regs *ctx)
 {
-	return on_event(P_MISS, (__u64)map, NULL, snap, n, 0, 0);
+	long a[3]; /* map, snap, n */
+
+	usdt_args(ctx, a, 3);
+	return on_event(P_MISS, a[0], NULL, (const void *)a[1], a[2], 0, 0);
 }
 
 SEC("usdt")
-int BPF_USDT(handle_promote, void *map, void *snap, __u64 duration_ns, __u64 promoted)
+int handle_promote(struct pt_regs *ctx)
 {
-	return on_event(P_PROMOTE, (__u64)map, NULL, snap, duration_ns, promoted, 0);
+	long a[4]; /* map, snap, duration_ns, promoted */
+
+	usdt_args(ctx, a, 4);
+	return on_event(P_PROMOTE, a[0], NULL, (const void *)a[1], a[2], a[3], 0);
 }
 
 SEC("usdt")
-int BPF_USDT(handle_dirty_rebuild, void *map, void *snap, __u64 duration_ns, __u64 copied,
-	     __u64 expunged)
+int handle_dirty_rebuild(struct pt_regs *ctx)
 {
-	return on_event(P_DIRTY_REBUILD, (__u64)map, NULL, snap, duration_ns, copied, expunged);
+	long a[5]; /* map, snap, duration_ns, copied, expunged */
+
+	usdt_args(ctx, a, 5);
+	return on_event(P_DIRTY_REBUILD, a[0], NULL, (const void *)a[1], a[2], a[3], a[4]);
 }
 
 SEC("usdt")
-int BPF_USDT(handle_delete, void *map, void *snap, __u64 n)
+int handle_delete(struct pt_regs *ctx)
 {
-	return on_event(P_DELETE, (__u64)map, NULL, snap, n, 0, 0);
+	long a[3]; /* map, snap, n */
+
+	usdt_args(ctx, a, 3);
+	return on_event(P_DELETE, a[0], NULL, (const void *)a[1], a[2], 0, 0);
 }
 
 SEC("usdt")
-int BPF_USDT(handle_store_new, void *map, void *snap, __u64 n)
+int handle_store_new(struct pt_regs *ctx)
 {
-	return on_event(P_STORE_NEW, (__u64)map, NULL, snap, n, 0, 0);
+	long a[3]; /* map, snap, n */
+
+	usdt_args(ctx, a, 3);
+	return on_event(P_STORE_NEW, a[0], NULL, (const void *)a[1], a[2], 0, 0);
 }

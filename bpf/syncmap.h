@@ -35,7 +35,10 @@ struct syncmap_key {
 };
 
 /* Event counters of one map, per CPU (PERCPU_HASH `counters`); the agent sums
- * the CPUs.  Counted per probe hit, so exact from attach on. */
+ * the CPUs.  Counted per probe hit, so exact from attach on.  The times at
+ * the end are this CPU's (the agent takes the latest): kept here so that a
+ * hot probe's hit touches nothing another CPU writes.  A hot hit reads the
+ * clock only once per jiffy (last_ns is up to a jiffy old: 4 ms at HZ=250). */
 struct syncmap_counters {
 	__u64 misses;
 	__u64 promotions;
@@ -47,6 +50,9 @@ struct syncmap_counters {
 	__u64 promoted;         /* entries made readable by promotions */
 	__u64 rebuild_copied;   /* entries copied by dirty rebuilds */
 	__u64 rebuild_expunged; /* tombstones expunged by dirty rebuilds */
+	__u64 last_ns;          /* bpf_ktime_get_ns() of this CPU's latest event */
+	__u64 snap_ns;          /* ... and of its latest snapshot read */
+	__u64 last_jiffies;     /* bpf_jiffies64() when last_ns was taken */
 };
 
 /* syncmap_state.flags */
@@ -61,8 +67,7 @@ struct syncmap_state {
 	__u64 lock;
 	__u64 flags;          /* SYNCMAP_F_* */
 	__u64 first_ns;       /* bpf_ktime_get_ns() of the first event seen */
-	__u64 last_ns;        /* ... and of the latest */
-	__u64 snap_ns;        /* ... and of the latest snapshot read */
+	__u64 last_ns;        /* ... and of the latest (hot probes: see counters) */
 	/* The snapshot with the highest seq seen (a copy of the target's
 	 * struct syncmap_snapshot; `name` is still the target's pointer). */
 	struct syncmap_snapshot snap;

@@ -4,16 +4,21 @@
  *
  * One program per probe (probes/README.md lists their arguments).  Each hit:
  *
- *   1. finds the map's incarnation {addr, gen} (`live`), creating it the
- *      first time a map is seen: at map_init, or at any event of a map that
- *      existed before we attached;
+ *   1. finds the map's incarnation {addr, gen} (`live`, through a per-CPU
+ *      cache), creating it the first time a map is seen: at map_init, or at
+ *      any event of a map that existed before we attached;
  *   2. counts the event in `counters` (per CPU, atomic adds: uprobe programs
  *      run with migration, not preemption, disabled);
  *   3. copies the probe's snapshot into `states` if it is the newest one seen
  *      (highest seq), under a small per-map lock: probes of one map fire
  *      concurrently on several CPUs (deletes of read entries take no lock in
- *      the library), and a torn snapshot would mix two moments;
+ *      the library), and a torn snapshot would mix two moments.  A hot
+ *      probe (miss, delete, store_new) does this at most once a millisecond
+ *      per CPU, and otherwise stops after step 2 (on_event);
  *   4. adds promote / rebuild durations to log2 histograms.
+ *
+ * Arguments are read with usdt_args (usdt_args.h), not BPF_USDT: one spec
+ * lookup per hit.
  *
  * Nothing is lost silently: every failure increments a `drops` slot the
  * agent reports (bpf/syncmap.h, enum syncmap_drop).

@@ -240,7 +240,9 @@ absl::StatusOr<Poll> Tracer::Read(bool reap_destroyed) {
     m.first_ns = st.first_ns;
     m.last_ns = st.last_ns;
     if (auto it = counts.find(m.key); it != counts.end()) m.events = it->second;
-    if (auto it = last_ns.find(m.key); it != last_ns.end()) m.last_ns = std::max<uint64_t>(m.last_ns, it->second);
+    if (auto it = last_ns.find(m.key); it != last_ns.end()) {
+      m.last_ns = std::max<uint64_t>(m.last_ns, it->second);
+    }
     const syncmap_snapshot& sn = st.snap;
     Gauges& g = m.gauges;
     g.seq = sn.seq;

@@ -346,7 +346,8 @@ void Publish(ThreadCounters& t, bool forced) {
 // constructor or whose key cannot be set counts directly.
 void List(ThreadCounters& t) {
   t.listing = kListing;
-  bool exit_hook = g_key_ready.load(std::memory_order_acquire) && pthread_setspecific(g_key, &t) == 0;
+  const bool exit_hook =
+      g_key_ready.load(std::memory_order_acquire) && pthread_setspecific(g_key, &t) == 0;
   const bool listed = exit_hook || gettid() == getpid();
   Lock(t);
   if (listed) {

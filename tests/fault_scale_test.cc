@@ -38,7 +38,7 @@ using agent_test::TempDir;
 using namespace fault_util;  // NOLINT
 using std::chrono::seconds;
 
-const char* const kEvents[] = {"misses", "promotions", "dirty_rebuilds", "deletes", "store_new"};
+using agent_test::kEvents;
 
 std::string ManyMaps() { return agent_test::BuildDir() + "/tests/many_maps"; }
 std::string BadProbeArgs() { return agent_test::BuildDir() + "/tests/bad_probe_args"; }

@@ -84,10 +84,15 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
-/* Tracked allocations. */
+/* Tracked allocations.  Preallocated, as memleak's table is: an insert
+ * takes an element from a per-CPU free list and a delete puts it back,
+ * where BPF_F_NO_PREALLOC allocates each element and frees it after an RCU
+ * grace period.  Measured with bpf_stats, 1000 blocks live (malloc_loop
+ * --batch 1000): the three programs of a malloc/free pair 1195 -> 659 ns,
+ * about what they cost with 1 block live (649).  The price: the table is
+ * charged at load (max_tracked 512 Ki entries: 40 MB of kernel memory). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, MALLOC_DEFAULT_MAX_TRACKED); /* agent: max_tracked */
 	__type(key, __u64);   /* pointer returned by the allocation */
 	__type(value, __u64); /* requested bytes */

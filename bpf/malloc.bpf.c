@@ -90,7 +90,7 @@ struct {
  * grace period.  Measured with bpf_stats, 1000 blocks live (malloc_loop
  * --batch 1000): the three programs of a malloc/free pair 1195 -> 659 ns,
  * about what they cost with 1 block live (649).  The price: the table is
- * charged at load (max_tracked 512 Ki entries: 40 MB of kernel memory). */
+ * charged at load (max_tracked 512 Ki entries: 40 MiB of kernel memory). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MALLOC_DEFAULT_MAX_TRACKED); /* agent: max_tracked */

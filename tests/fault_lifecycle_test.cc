@@ -1,13 +1,14 @@
-// Fault injection, part 2: other tracers on the same probes, a PID that
-// changes hands, a target that exec()s, a probed library dlclose()d and
-// dlopen()ed again or loaded after mapscope attached.  build/mapscope (and
-// bpftrace) against real processes on the real kernel; each case asserts
-// exact counts against the target's own Stats() or a one-line exit 3, and
-// that nothing stays attached.
+// Fault injection, part 2: other tracers on the same probes, a tracer that
+// holds the probing thread at a probe site, a PID that changes hands, a
+// target that exec()s, a probed library dlclose()d and dlopen()ed again or
+// loaded after mapscope attached.  build/mapscope (and bpftrace) against
+// real processes on the real kernel; each case asserts exact counts against
+// the target's own Stats() or a one-line exit 3, and that nothing stays
+// attached.
 //
 // Targets: build/mapload, tests/fixtures/fault_target (modes dlreopen,
-// exec, comm) with libfault_dl.so / libmap_in_lib.so.  Needs root; skips
-// otherwise.
+// exec, comm) with libfault_dl.so / libmap_in_lib.so,
+// tests/fixtures/unlock_probe_fixture.  Needs root; skips otherwise.
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -181,6 +182,59 @@ TEST(Fault, TwoMapscopesAndBpftraceOnOneTargetEachCountExactly) {
       EXPECT_EQ(maps[k].value(key, Json(0)), truth[k]) << k << " in " << maps[k].dump();
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// No probe fires under a map's mutex (include/syncmap/sync_map.h: a critical
+// section queues its probes and MutexLock fires them after the unlock).
+// bpftrace answers each hit of the fixture's worker with SIGUSR1, whose
+// handler runs on that thread at the probe site and has another thread take
+// the map's mutex (tests/fixtures/unlock_probe_fixture.cc).  With the probes
+// fired before the unlock, every hit counts as blocked.
+
+TEST(Probes, FireOnlyAfterTheMapMutexIsReleased) {
+  REQUIRE_ROOT();
+  const std::string bpftrace = Bpftrace();
+  ASSERT_FALSE(bpftrace.empty()) << "bpftrace not installed (make deps)";
+  TempDir dir;
+  const std::string exe = agent_test::BuildDir() + "/tests/unlock_probe_fixture";
+  ASSERT_TRUE(agent_test::Exists(exe)) << exe << " not built (make test builds it)";
+  Child target({exe}, dir.File("t.out"), dir.File("t.err"));
+  std::string script = "BEGIN { printf(\"ready\\n\"); }\n";
+  for (const char* p : {"store_new", "miss", "promote", "dirty_rebuild", "delete"}) {
+    script += "usdt:" + exe + ":syncmap:" + p +
+              " /comm == \"probe-w\"/ { @[probe] = count(); signal(\"SIGUSR1\"); }\n";
+  }
+  {
+    FILE* f = std::fopen(dir.File("sig.bt").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(script.c_str(), f);
+    std::fclose(f);
+  }
+  // signal() is an unsafe action in bpftrace.
+  Child bt({bpftrace, "--unsafe", "-p", std::to_string(target.pid()), dir.File("sig.bt")},
+           dir.File("bt.out"), dir.File("bt.err"));
+  // The fixture waits (up to 60 s) for the tracer's semaphores, then drives
+  // each probe until it has fired.
+  const int rc = target.Wait(seconds(150));
+  bt.Signal(SIGINT);
+  EXPECT_NE(bt.Wait(seconds(30)), -1) << "bpftrace hangs";
+  ASSERT_EQ(rc, 0) << target.out() << target.err() << "\nbpftrace: " << bt.out() << bt.err();
+  const std::string out = target.out();
+  for (const char* p : {"store_new", "miss", "promote", "dirty_rebuild", "delete"}) {
+    SCOPED_TRACE(p);
+    unsigned long long fired = 0, lock_free = 0, blocked = 0;
+    const size_t at = out.find(std::string("probe=") + p + " ");
+    ASSERT_NE(at, std::string::npos) << out;
+    ASSERT_EQ(std::sscanf(out.c_str() + at + std::strlen("probe=") + std::strlen(p),
+                          " fired=%llu lock_free=%llu blocked=%llu", &fired, &lock_free, &blocked),
+              3)
+        << out;
+    EXPECT_GE(fired, 1u);
+    EXPECT_EQ(blocked, 0u) << "the probe fired while the map's mutex was held";
+    EXPECT_EQ(lock_free, fired);
+  }
+  EXPECT_NE(out.find("elsewhere=0\n"), std::string::npos) << out;
 }
 
 // ---------------------------------------------------------------------------

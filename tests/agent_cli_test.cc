@@ -356,7 +356,9 @@ TEST(MapscopeBinary, ProcessWithoutProbes) {
 
 TEST(MapscopeBinary, WithoutPrivilegesSaysSo) {
   if (!agent_test::IsRoot()) GTEST_SKIP() << "needs root to drop privileges";
-  if (!agent_test::Exists("/usr/bin/setpriv")) FAIL() << "no setpriv (util-linux)" << " (make test builds and installs it)";
+  if (!agent_test::Exists("/usr/bin/setpriv")) {
+    FAIL() << "no setpriv (util-linux) (make test installs it)";
+  }
   std::string out, err;
   const int rc = agent_test::Run(
       {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",

@@ -172,7 +172,9 @@ TEST(Symbolize, KernelSymbolsFromKallsyms) {
 // distinct addresses of a running mapload (its text, libc's, libstdc++'s)
 // with libdwfl (with and without inline frames) and with BCC.
 TEST(Symbolize, Speed) {
-  if (!agent_test::Exists(agent_test::Mapload())) FAIL() << "no build/mapload" << " (make test builds and installs it)";
+  if (!agent_test::Exists(agent_test::Mapload())) {
+    FAIL() << "no build/mapload (make test builds it)";
+  }
   TempDir dir;
   Child target({agent_test::Mapload(), "--scenario", "healthy", "--seconds", "60", "--start-delay",
                 "0"},
@@ -255,7 +257,7 @@ class RecordE2E : public ::testing::Test {
   void SetUp() override {
     if (!agent_test::IsRoot()) GTEST_SKIP() << "needs root (BPF, perf events)";
     if (!agent_test::Exists(agent_test::Mapscope()) || !agent_test::Exists(agent_test::Mapload())) {
-      FAIL() << "build/mapscope or build/mapload missing" << " (make test builds and installs it)";
+      FAIL() << "build/mapscope or build/mapload missing (make test builds it)";
     }
   }
 };
@@ -356,7 +358,7 @@ TEST_F(RecordE2E, DurationWeightAndStdout) {
 
 TEST_F(RecordE2E, HostileMapNamesStayOnOneBoundedFrame) {
   const std::string fixture = agent_test::BuildDir() + "/tests/hostile_names";
-  if (!agent_test::Exists(fixture)) FAIL() << "no " << fixture << " (make test builds and installs it)";
+  if (!agent_test::Exists(fixture)) FAIL() << "no " << fixture << " (make test builds it)";
   TempDir dir;
   Child target({fixture, "0.5", "4"}, dir.File("t.out"), dir.File("t.err"));
   std::string out, err;

@@ -130,7 +130,7 @@ mapscope::MapSample Sample(uint64_t addr, const std::string& name) {
 }
 
 TEST(Prometheus, ExpositionPassesPromtool) {
-  if (!HavePromtool()) FAIL() << "no promtool (Debian package prometheus)" << " (make test builds and installs it)";
+  if (!HavePromtool()) FAIL() << "no promtool (Debian package prometheus) (make test installs it)";
   mapscope::Registry registry;
   mapscope::Poll poll;
   poll.at = absl::Now();
@@ -190,9 +190,11 @@ class ServeE2E : public ::testing::Test {
   void SetUp() override {
     if (!agent_test::IsRoot()) GTEST_SKIP() << "needs root (BPF)";
     if (!agent_test::Exists(agent_test::Mapscope()) || !agent_test::Exists(agent_test::Mapload())) {
-      FAIL() << "build/mapscope or build/mapload missing" << " (make test builds and installs it)";
+      FAIL() << "build/mapscope or build/mapload missing (make test builds it)";
     }
-    if (!HavePromtool()) FAIL() << "no promtool/prometheus (Debian package prometheus)" << " (make test builds and installs it)";
+    if (!HavePromtool()) {
+      FAIL() << "no promtool/prometheus (Debian package prometheus) (make test installs it)";
+    }
   }
 };
 
@@ -264,7 +266,7 @@ TEST_F(ServeE2E, RealPrometheusScrapesTheMaps) {
 
 TEST_F(ServeE2E, HostileNamesScrapeCleanly) {
   const std::string fixture = agent_test::BuildDir() + "/tests/hostile_names";
-  if (!agent_test::Exists(fixture)) FAIL() << "no " << fixture << " (make test builds and installs it)";
+  if (!agent_test::Exists(fixture)) FAIL() << "no " << fixture << " (make test builds it)";
   TempDir dir;
   Child target({fixture, "0.3", "6"}, dir.File("t.out"), dir.File("t.err"));
   Child serve({agent_test::Mapscope(), "serve", "--pid", std::to_string(target.pid()), "--listen",

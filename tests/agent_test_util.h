@@ -53,13 +53,13 @@ inline std::string Mapscope() {
   return BuildDir() + "/mapscope";
 }
 inline std::string Mapload() { return BuildDir() + "/mapload"; }
+inline std::string Fixture() { return BuildDir() + "/tests/map_lib_user"; }
+
+inline bool Exists(const std::string& path) { return access(path.c_str(), X_OK) == 0; }
 
 // The per-map event counts of a report (JSON keys), in probe order.
 inline constexpr const char* kEvents[] = {"misses", "promotions", "dirty_rebuilds", "deletes",
                                           "store_new"};
-inline std::string Fixture() { return BuildDir() + "/tests/map_lib_user"; }
-
-inline bool Exists(const std::string& path) { return access(path.c_str(), X_OK) == 0; }
 
 // A scratch directory for one test, removed at destruction.
 class TempDir {

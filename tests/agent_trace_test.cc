@@ -226,7 +226,7 @@ class MaploadScenario : public testing::TestWithParam<const char*> {};
 
 TEST_P(MaploadScenario, EventsAndGaugesAreExact) {
   REQUIRE_ROOT();
-  if (!agent_test::Exists(Mapload())) FAIL() << Mapload() << " not built" << " (make test builds and installs it)";
+  if (!agent_test::Exists(Mapload())) FAIL() << Mapload() << " not built (make test builds it)";
   TempDir dir;
   Child target({Mapload(), "--scenario", GetParam(), "--threads", "2", "--start-delay", "1",
                 "--seconds", "2", "--stats-out", dir.File("stats.json")},
@@ -247,7 +247,7 @@ INSTANTIATE_TEST_SUITE_P(All, MaploadScenario,
 
 TEST(Trace, MaploadSeveralMapsAndAnUnnamedOne) {
   REQUIRE_ROOT();
-  if (!agent_test::Exists(Mapload())) FAIL() << Mapload() << " not built" << " (make test builds and installs it)";
+  if (!agent_test::Exists(Mapload())) FAIL() << Mapload() << " not built (make test builds it)";
   TempDir dir;
   Child target(
       {Mapload(), "--scenario", "churn", "--maps", "3", "--unnamed-map", "--name", "orders",
@@ -266,7 +266,9 @@ TEST(Trace, MaploadSeveralMapsAndAnUnnamedOne) {
 // outside it: resolving and attaching go through /proc/PID/root.
 TEST(Trace, TargetInAnotherMountNamespace) {
   REQUIRE_ROOT();
-  if (!agent_test::Exists("/usr/bin/unshare")) FAIL() << "no unshare (util-linux)" << " (make test builds and installs it)";
+  if (!agent_test::Exists("/usr/bin/unshare")) {
+    FAIL() << "no unshare (util-linux) (make test installs it)";
+  }
   TempDir dir;
   const std::string ns_dir = dir.File("ns");
   ASSERT_EQ(mkdir(ns_dir.c_str(), 0755), 0);

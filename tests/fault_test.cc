@@ -95,8 +95,7 @@ TEST(Fault, AgentKilledDuringTop) {
   AgentKilled({"top", "--interval", "200ms"});
 }
 
-// `serve` and `record` (another engineer's work in progress): run only
-// when this build of mapscope knows the subcommand.
+// `serve` and `record`.
 TEST(Fault, AgentKilledDuringServe) {
   REQUIRE_ROOT();
   const std::string listen = "127.0.0.1:" + std::to_string(20000 + getpid() % 20000);

@@ -27,7 +27,7 @@
 //     thread never takes it while holding it (a malloc inside fork()'s
 //     prepare step, a signal handler): that work waits for its next event.
 //   * The hot path is malloc: one call into the real allocator, the chunk's
-//     size word read back, three thread-local stores.  Every 256th
+//     size word read back, two thread-local stores.  Every 256th
 //     allocation or free of a thread calls CheckSlow (registration, and the
 //     publication clock while traced).
 //   * The probe fires only while its semaphore is set (a tracer attached),

@@ -62,7 +62,7 @@ std::atomic<bool> g_go{false};
 
 // One round: `batch` blocks allocated, then freed in the same order.
 void Round(size_t size, size_t batch, void** blocks) {
-  if (batch == 1) {
+  if (batch == 1) {  // the pair, with no array between its calls
     void* p = malloc(size);
     asm volatile("" : : "r"(p) : "memory");  // keep the pair
     free(p);
@@ -136,7 +136,9 @@ int main(int argc, char** argv) {
       Usage();
     }
   }
-  if (threads < 1 || threads > 64 || seconds <= 0 || size < 1 || batch < 1 || batch > 1000000) Usage();
+  if (threads < 1 || threads > 64 || seconds <= 0 || size < 1 || batch < 1 || batch > 1000000) {
+    Usage();
+  }
 
   // A map, so that the process is a syncmap target.
   syncmap::SyncMap<uint64_t, uint64_t> map("malloc_loop");

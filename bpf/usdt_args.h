@@ -2,7 +2,7 @@
 /*
  * File: usdt_args.h
  *
- * USDT_ARGS(ctx, out, n): a probe's first n arguments, as libbpf's
+ * usdt_args(ctx, out, n): a probe's first n arguments, as libbpf's
  * bpf_usdt_arg() reads them (same specs, same conversions, 0 for an argument
  * that is missing or cannot be read), but with one spec lookup for all of
  * them and no helper call for a register argument.

@@ -23,7 +23,7 @@ tables report medians over the repetitions.
                        per size, into its bins; 17 ns a pair here, the
                        issue's 18 ns anchor loop, and the goals' loop) and
                        `pair` (one block back and forth through the tcache,
-                       5 ns: the cheapest malloc there is, where any shim
+                       5-6 ns: the cheapest malloc there is, where any shim
                        shows most).  Nothing / libmapscope_preload.so with
                        `mapscope serve --malloc=preload` / `mapscope serve
                        --malloc=uprobe` / libbpf-tools `memleak -p`
